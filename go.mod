@@ -1,0 +1,3 @@
+module github.com/wardiot/ward
+
+go 1.26.8

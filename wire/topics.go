@@ -1,0 +1,29 @@
+package wire
+
+// Device topics. Every topic a device may use lives under its own subtree,
+// ward/v1/<device>/..., inside its tenant's namespace. The gateway maps the
+// tenant namespace; devices never name a tenant in a topic.
+const TopicRoot = "ward/v1/"
+
+// Subtrees of a device's topic space.
+const (
+	TopicTelemetry     = "telemetry"      // device -> server: .../telemetry/<stream>
+	TopicTwinReported  = "twin/reported"  // device -> server
+	TopicTwinDesired   = "twin/desired"   // server -> device (full document)
+	TopicTwinDelta     = "twin/delta"     // server -> device
+	TopicAttestRequest = "attest/request" // server -> device (challenge)
+	TopicAttestReply   = "attest/reply"   // device -> server (evidence)
+	TopicOTAJob        = "ota/job"        // server -> device
+	TopicOTAStatus     = "ota/status"     // device -> server
+	TopicControl       = "control"        // server -> device (epochs, commands)
+)
+
+// DeviceTopic returns ward/v1/<device>/<suffix>.
+func DeviceTopic(device, suffix string) string {
+	return TopicRoot + device + "/" + suffix
+}
+
+// DeviceSubtree returns the filter that matches every topic of a device.
+func DeviceSubtree(device string) string {
+	return TopicRoot + device + "/#"
+}
