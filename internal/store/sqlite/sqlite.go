@@ -1,0 +1,80 @@
+// Package sqlite opens Ward's embedded default store: a SQLite database file
+// in the data directory, through the pure-Go modernc.org/sqlite driver, so
+// a server needs no setup and no cgo.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"os"
+
+	"github.com/pressly/goose/v3"
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/wardiot/ward/internal/store/sqlstore"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Dialect is the SQLite dialect of the shared SQL.
+var Dialect = sqlstore.Dialect{
+	Name: "sqlite",
+	// Write transactions start with BEGIN IMMEDIATE (see Open), so a
+	// transaction that read the audit head already excludes other writers.
+	ForUpdate: "",
+	IsUnique: func(err error) bool {
+		var e *sqlite.Error
+		if errors.As(err, &e) {
+			return e.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE || e.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY
+		}
+		return false
+	},
+}
+
+// Open opens (creating with mode 0600 if needed) the database at path and
+// applies pending migrations.
+func Open(ctx context.Context, path string) (*sqlstore.DB, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open database file: %w", err)
+	}
+	f.Close()
+	// synchronous(FULL): an acknowledged write survives power loss, not
+	// just a process crash. busy_timeout: writers queue instead of failing.
+	// _txlock=immediate: write transactions take the write lock up front, so
+	// read-then-write sequences (audit head) cannot deadlock or interleave.
+	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() +
+		"?_pragma=busy_timeout(30000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)" +
+		"&_pragma=foreign_keys(1)&_txlock=immediate"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("open database: %w", err)
+	}
+	if err := migrate(ctx, db); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return sqlstore.New(db, Dialect), nil
+}
+
+func migrate(ctx context.Context, db *sql.DB) error {
+	sub, err := fs.Sub(migrations, "migrations")
+	if err != nil {
+		return err
+	}
+	p, err := goose.NewProvider(goose.DialectSQLite3, db, sub, goose.WithDisableGlobalRegistry(true))
+	if err != nil {
+		return fmt.Errorf("prepare migrations: %w", err)
+	}
+	if _, err := p.Up(ctx); err != nil {
+		return fmt.Errorf("apply migrations: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,173 @@
+// Package sqlstore implements store.Store on database/sql. The SQL is
+// shared by every engine; a Dialect supplies the few differences
+// (placeholders, lock syntax, how a unique-key violation is reported).
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/wardiot/ward/internal/store"
+)
+
+// Dialect describes one SQL engine.
+type Dialect struct {
+	// Name is "sqlite" or "postgres".
+	Name string
+	// Dollar placeholders ($1, $2) instead of '?'.
+	Dollar bool
+	// ForUpdate is appended to SELECTs that must lock the rows they read
+	// ("" where the transaction already excludes other writers).
+	ForUpdate string
+	// IsUnique reports whether err is a unique-constraint violation.
+	IsUnique func(error) bool
+}
+
+// DB is a store.Store over a *sql.DB.
+type DB struct {
+	q
+	db *sql.DB
+}
+
+var _ store.Store = (*DB)(nil)
+
+// New wraps db. The schema must already be migrated.
+func New(db *sql.DB, d Dialect) *DB {
+	return &DB{q: q{x: db, d: &d}, db: db}
+}
+
+// SQL returns the underlying handle, for migrations and tests.
+func (s *DB) SQL() *sql.DB { return s.db }
+
+// Dialect implements store.Store.
+func (s *DB) Dialect() string { return s.d.Name }
+
+// Ping implements store.Store.
+func (s *DB) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
+
+// Close implements store.Store.
+func (s *DB) Close() error { return s.db.Close() }
+
+// InTx implements store.Store.
+func (s *DB) InTx(ctx context.Context, fn func(store.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin transaction: %w", err)
+	}
+	t := &txq{q: q{x: tx, d: s.d}}
+	if err := fn(t); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// q holds the queries shared by DB and a transaction.
+type q struct {
+	x execer
+	d *Dialect
+}
+
+type txq struct{ q }
+
+var _ store.Tx = (*txq)(nil)
+
+var rebound sync.Map // query text -> dollar-placeholder text
+
+// sql rewrites '?' placeholders for engines that want $n. Queries in this
+// package never contain '?' inside string literals.
+func (q q) sql(s string) string {
+	if !q.d.Dollar {
+		return s
+	}
+	if v, ok := rebound.Load(s); ok {
+		return v.(string)
+	}
+	var b strings.Builder
+	n := 0
+	for i := 0; i < len(s); i++ {
+		if s[i] == '?' {
+			n++
+			b.WriteByte('$')
+			b.WriteString(strconv.Itoa(n))
+			continue
+		}
+		b.WriteByte(s[i])
+	}
+	rebound.Store(s, b.String())
+	return b.String()
+}
+
+func (q q) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	res, err := q.x.ExecContext(ctx, q.sql(query), args...)
+	if err != nil && q.d.IsUnique != nil && q.d.IsUnique(err) {
+		return nil, fmt.Errorf("%w: %v", store.ErrConflict, err)
+	}
+	return res, err
+}
+
+func (q q) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	return q.x.QueryContext(ctx, q.sql(query), args...)
+}
+
+func (q q) row(ctx context.Context, query string, args ...any) *sql.Row {
+	return q.x.QueryRowContext(ctx, q.sql(query), args...)
+}
+
+// Times are stored as Unix nanoseconds (0 = unset) so that both engines
+// compare and order them identically.
+func ts(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromTS(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+func notFound(err error, what string) error {
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("%s: %w", what, store.ErrNotFound)
+	}
+	return err
+}
+
+func affectedOne(res sql.Result, what string) error {
+	n, err := res.RowsAffected()
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return fmt.Errorf("%s: %w", what, store.ErrNotFound)
+	}
+	return nil
+}
+
+// blob keeps empty byte slices from being written as NULL (drivers differ
+// on whether a nil or zero-length []byte is NULL).
+func blob(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
+}

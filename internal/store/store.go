@@ -1,0 +1,138 @@
+// Package store defines Ward's persistence contract: the records every
+// server part keeps, and the narrow interfaces through which they are read
+// and written. Implementations live in sqlstore (shared SQL), with the
+// embedded default in sqlite/ and the scale-out database in postgres/;
+// storetest holds the one conformance suite both must pass.
+//
+// Writes happen inside [Store.InTx] so that a mutation and the audit entry
+// that records it commit together or not at all.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Sentinel errors. Implementations wrap them so callers can use errors.Is.
+var (
+	// ErrNotFound means the record does not exist (or is not visible).
+	ErrNotFound = errors.New("not found")
+	// ErrConflict means a record with the same unique key already exists,
+	// or a conditional update found the record in another state.
+	ErrConflict = errors.New("conflict")
+)
+
+// Tenant is an isolated customer of a Ward installation.
+type Tenant struct {
+	ID        string
+	Name      string
+	CreatedAt time.Time
+	// WrappedKey is the tenant's data key wrapped by the server's
+	// key-encryption key. Deleting the tenant deletes it (crypto-shredding).
+	WrappedKey []byte
+}
+
+// Token kinds.
+const (
+	TokenAPI    = "api"    // operator API token
+	TokenEnroll = "enroll" // one-time device enrollment token
+)
+
+// Token is an API or enrollment credential. Only a hash of the secret part
+// is ever stored.
+type Token struct {
+	ID        string // public identifier, part of the token string
+	Hash      []byte // SHA-256 of the secret part
+	Kind      string // TokenAPI or TokenEnroll
+	Tenant    string // "" for global tokens
+	Role      string // for API tokens
+	Device    string // for enrollment tokens: the only device ID it enrolls
+	Name      string
+	CreatedBy string
+	CreatedAt time.Time
+	ExpiresAt time.Time // zero: never
+	RevokedAt time.Time // zero: not revoked
+	UsedAt    time.Time // zero: never used (enrollment tokens are single-use)
+}
+
+// AuditRecord is one entry of the hash-chained audit log. Seq starts at 1
+// and has no gaps; Hash covers PrevHash and every other field (see package
+// audit for the exact encoding).
+type AuditRecord struct {
+	Seq      int64
+	Time     time.Time
+	Actor    string
+	Action   string
+	Target   string
+	Tenant   string
+	Result   string
+	Detail   string
+	PrevHash []byte
+	Hash     []byte
+}
+
+// AuditFilter selects audit records for listing. Zero fields match all.
+type AuditFilter struct {
+	Tenant   string
+	AfterSeq int64
+	Limit    int
+}
+
+// Reader is the read side shared by a Store and a Tx.
+type Reader interface {
+	GetTenant(ctx context.Context, id string) (*Tenant, error)
+	ListTenants(ctx context.Context) ([]*Tenant, error)
+
+	GetToken(ctx context.Context, id string) (*Token, error)
+	// ListTokens lists tokens of one kind; tenant "" lists every tenant's
+	// and the global ones.
+	ListTokens(ctx context.Context, kind, tenant string) ([]*Token, error)
+
+	ListAudit(ctx context.Context, f AuditFilter) ([]*AuditRecord, error)
+	// ScanAudit calls fn for every audit record in Seq order, streaming, and
+	// stops at the first error fn returns.
+	ScanAudit(ctx context.Context, fn func(*AuditRecord) error) error
+	// AuditHead returns the sequence number and hash of the last appended
+	// record as recorded by the store (0 and nil for an empty log).
+	AuditHead(ctx context.Context) (seq int64, hash []byte, err error)
+}
+
+// Tx is a read-write transaction. Every method fails once the transaction
+// function has returned.
+type Tx interface {
+	Reader
+
+	// CreateTenant fails with ErrConflict if the ID exists.
+	CreateTenant(ctx context.Context, t *Tenant) error
+	// DeleteTenant deletes the tenant, its wrapped data key and its tokens.
+	// ErrNotFound if it does not exist.
+	DeleteTenant(ctx context.Context, id string) error
+
+	// CreateToken fails with ErrConflict if the ID exists.
+	CreateToken(ctx context.Context, t *Token) error
+	// RevokeToken sets RevokedAt; ErrNotFound if absent, ErrConflict if
+	// already revoked.
+	RevokeToken(ctx context.Context, id string, at time.Time) error
+	// UseToken sets UsedAt if, and only if, it is still unset; otherwise
+	// ErrConflict. This is what makes enrollment tokens single-use even with
+	// several server nodes racing.
+	UseToken(ctx context.Context, id string, at time.Time) error
+
+	// LockAuditHead returns the current head and holds a lock on it until
+	// the transaction ends, so that appends are serialised across nodes.
+	LockAuditHead(ctx context.Context) (seq int64, hash []byte, err error)
+	// AppendAudit inserts r (whose Seq must be head+1) and moves the head.
+	AppendAudit(ctx context.Context, r *AuditRecord) error
+}
+
+// Store is a handle on the database.
+type Store interface {
+	Reader
+	// InTx runs fn in a read-write transaction, committing if fn returns nil.
+	InTx(ctx context.Context, fn func(Tx) error) error
+	// Dialect names the database engine: "sqlite" or "postgres".
+	Dialect() string
+	Ping(ctx context.Context) error
+	Close() error
+}
