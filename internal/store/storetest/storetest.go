@@ -18,17 +18,17 @@ import (
 // Run runs the suite. open must return a fresh, empty, migrated store.
 func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	tests := map[string]func(t *testing.T, s store.Store){
-		"tenants/crud":              testTenants,
-		"tenants/conflict":          testTenantConflict,
-		"tenants/delete-cascades":   testTenantDeleteCascades,
-		"tokens/crud":               testTokens,
-		"tokens/use-once":           testTokenUseOnce,
-		"tokens/use-once-racing":    testTokenUseOnceRacing,
-		"tx/rollback":               testRollback,
-		"audit/append-and-scan":     testAudit,
-		"audit/concurrent-appends":  testAuditConcurrent,
-		"audit/scan-pages":          testAuditScanPages,
-		"time/roundtrip-precision":  testTimes,
+		"tenants/crud":             testTenants,
+		"tenants/conflict":         testTenantConflict,
+		"tenants/delete-cascades":  testTenantDeleteCascades,
+		"tokens/crud":              testTokens,
+		"tokens/use-once":          testTokenUseOnce,
+		"tokens/use-once-racing":   testTokenUseOnceRacing,
+		"tx/rollback":              testRollback,
+		"audit/append-and-scan":    testAudit,
+		"audit/concurrent-appends": testAuditConcurrent,
+		"audit/scan-pages":         testAuditScanPages,
+		"time/roundtrip-precision": testTimes,
 	}
 	for name, fn := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -1,0 +1,162 @@
+// Package config holds the server's typed configuration. Flags and an
+// optional YAML file fill a Config; Validate reports every problem at once
+// before anything starts.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the server configuration.
+type Config struct {
+	// DataDir holds the database (SQLite), keys, CA bundle and admin token.
+	DataDir string `yaml:"data"`
+	// APIAddr serves the REST API, EST and OTA over HTTPS.
+	APIAddr string `yaml:"api_addr"`
+	// MQTTAddr serves MQTT over mutual TLS to devices.
+	MQTTAddr string `yaml:"mqtt_addr"`
+	// HTTPAddr serves CRLs and OCSP over plain HTTP (the responses are
+	// signed; relying parties fetch them over HTTP by convention).
+	HTTPAddr string `yaml:"http_addr"`
+	// Database is "" (SQLite in DataDir) or a postgres:// URL.
+	Database string `yaml:"database"`
+	// PublicURL is the base URL of the plain-HTTP listener as relying
+	// parties reach it; it goes into certificates (CRL, OCSP). Default:
+	// http://<http_addr>.
+	PublicURL string `yaml:"public_url"`
+	// Hostnames are extra DNS names or IPs for the API/MQTT server
+	// certificate (localhost and 127.0.0.1 are always included).
+	Hostnames []string `yaml:"hostnames"`
+	// NATS is an optional nats:// URL for JetStream (several nodes).
+	NATS string `yaml:"nats"`
+	// LogLevel is debug, info, warn or error; LogFormat is text or json.
+	LogLevel  string `yaml:"log_level"`
+	LogFormat string `yaml:"log_format"`
+}
+
+// Default returns the defaults: loopback listeners, SQLite, info logs.
+func Default() Config {
+	return Config{
+		APIAddr:   "127.0.0.1:8443",
+		MQTTAddr:  "127.0.0.1:8883",
+		HTTPAddr:  "127.0.0.1:8080",
+		LogLevel:  "info",
+		LogFormat: "text",
+	}
+}
+
+// maxConfigSize bounds the config file we are willing to parse.
+const maxConfigSize = 1 << 20
+
+// LoadFile overlays the YAML file at path onto c. Unknown keys are errors,
+// so a typo does not silently fall back to a default.
+func (c *Config) LoadFile(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read config file: %w", err)
+	}
+	if len(b) > maxConfigSize {
+		return fmt.Errorf("config file %s is larger than %d bytes", path, maxConfigSize)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	return nil
+}
+
+// Problem is one thing wrong with a Config, with a hint to fix it.
+type Problem struct {
+	Field, Msg, Hint string
+}
+
+func (p Problem) Error() string { return p.Field + ": " + p.Msg }
+
+// Problems is every problem Validate found.
+type Problems []Problem
+
+func (ps Problems) Error() string {
+	var b strings.Builder
+	for i, p := range ps {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		b.WriteString(p.Error())
+	}
+	return b.String()
+}
+
+// Validate checks everything and returns Problems (nil if none).
+func (c *Config) Validate() error {
+	var ps Problems
+	add := func(field, msg, hint string) { ps = append(ps, Problem{field, msg, hint}) }
+	if c.DataDir == "" {
+		add("data", "no data directory given", "pass --data DIR (created on first start)")
+	} else if fi, err := os.Stat(c.DataDir); err == nil && !fi.IsDir() {
+		add("data", c.DataDir+" exists and is not a directory", "pick a directory path")
+	}
+	addrs := map[string]string{}
+	for _, a := range []struct{ name, v string }{{"api_addr", c.APIAddr}, {"mqtt_addr", c.MQTTAddr}, {"http_addr", c.HTTPAddr}} {
+		host, port, err := net.SplitHostPort(a.v)
+		if err != nil || port == "" {
+			add(a.name, fmt.Sprintf("%q is not host:port", a.v), "for example 127.0.0.1:8443 or :8443")
+			continue
+		}
+		if host != "" && net.ParseIP(host) == nil && host != "localhost" {
+			if strings.ContainsAny(host, " /") {
+				add(a.name, fmt.Sprintf("%q has an invalid host", a.v), "use an IP address or a host name")
+			}
+		}
+		if other, dup := addrs[a.v]; dup && !strings.HasSuffix(a.v, ":0") {
+			add(a.name, "same address as "+other, "give each listener its own port")
+		}
+		addrs[a.v] = a.name
+	}
+	if c.Database != "" {
+		u, err := url.Parse(c.Database)
+		if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+			add("database", "must be empty (SQLite in the data directory) or a postgres:// URL", "for example postgres://ward@db:5432/ward")
+		}
+	}
+	if c.PublicURL != "" {
+		u, err := url.Parse(c.PublicURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			add("public_url", fmt.Sprintf("%q is not an http(s) URL", c.PublicURL), "for example http://pki.example.com:8080")
+		}
+	}
+	if c.NATS != "" {
+		u, err := url.Parse(c.NATS)
+		if err != nil || (u.Scheme != "nats" && u.Scheme != "tls") {
+			add("nats", fmt.Sprintf("%q is not a nats:// URL", c.NATS), "for example nats://127.0.0.1:4222")
+		}
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		add("log_level", fmt.Sprintf("unknown level %q", c.LogLevel), "use debug, info, warn or error")
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		add("log_format", fmt.Sprintf("unknown format %q", c.LogFormat), "use text or json")
+	}
+	for _, h := range c.Hostnames {
+		if h == "" || strings.ContainsAny(h, " /:") && net.ParseIP(h) == nil {
+			add("hostnames", fmt.Sprintf("%q is not a host name or IP", h), "for example ward.example.com")
+		}
+	}
+	if len(ps) == 0 {
+		return nil
+	}
+	return ps
+}

@@ -1,0 +1,288 @@
+// Package server is Ward's composition root: it opens the store, initialises
+// the data directory, builds every part and runs the listeners.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/wardiot/ward/internal/api"
+	"github.com/wardiot/ward/internal/audit"
+	"github.com/wardiot/ward/internal/config"
+	"github.com/wardiot/ward/internal/store"
+	"github.com/wardiot/ward/internal/store/postgres"
+	"github.com/wardiot/ward/internal/store/sqlite"
+	"github.com/wardiot/ward/internal/tenant"
+)
+
+// Server is a running Ward server.
+type Server struct {
+	cfg   config.Config
+	log   *slog.Logger
+	now   func() time.Time
+	store store.Store
+	kek   tenant.KEK
+	ca    *platformCA
+
+	Tenants *tenant.Service
+	Tokens  *tenant.Tokens
+	API     *api.API
+
+	mu       sync.Mutex
+	apiLn    net.Listener
+	httpLn   net.Listener
+	servers  []*http.Server
+	serveErr chan error
+}
+
+// Open validates cfg, opens the store and initialises the data directory
+// on first start. It does not listen yet.
+func Open(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	s := &Server{cfg: cfg, log: log, now: time.Now}
+	var err error
+	s.kek, err = tenant.LoadOrCreateFileKEK(filepath.Join(cfg.DataDir, fileKEK))
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Database == "" {
+		s.store, err = sqlite.Open(ctx, filepath.Join(cfg.DataDir, fileDB))
+	} else {
+		s.store, err = postgres.Open(ctx, cfg.Database)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.ca, err = loadOrCreatePlatformCA(cfg.DataDir, s.kek)
+	if err != nil {
+		s.store.Close()
+		return nil, err
+	}
+	s.Tenants = tenant.NewService(s.store, s.kek, s.now)
+	s.Tokens = tenant.NewTokens(s.store, s.now)
+	s.API = api.New(api.Deps{Store: s.store, Tenants: s.Tenants, Tokens: s.Tokens, Log: log, Now: s.now})
+	if err := s.firstStart(ctx); err != nil {
+		s.store.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Store returns the server's store (for tests and the demo).
+func (s *Server) Store() store.Store { return s.store }
+
+// firstStart mints the first admin token and writes it, once, to a 0600
+// file. It never logs the token. A data directory whose admin.token was
+// already written is left alone, even if the operator deleted the file.
+func (s *Server) firstStart(ctx context.Context) error {
+	if _, err := ReadState(s.cfg.DataDir); err == nil {
+		return nil
+	}
+	path := filepath.Join(s.cfg.DataDir, fileAdminToken)
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		secret, _, err := s.Tokens.Create(ctx, nil, tenant.NewTokenRequest{Role: tenant.RoleAdmin, Name: "initial admin"})
+		if err != nil {
+			return fmt.Errorf("create initial admin token: %w", err)
+		}
+		if err := writeFileAtomic(path, []byte(secret+"\n"), 0o600); err != nil {
+			return fmt.Errorf("write %s: %w", path, err)
+		}
+		s.log.Info("initialised data directory; the initial admin token is in a 0600 file", "dir", s.cfg.DataDir, "file", path)
+	}
+	return s.writeState(nil)
+}
+
+func (s *Server) writeState(st *State) error {
+	if st == nil {
+		st = &State{Initialized: s.now().UTC(), APIAddr: s.cfg.APIAddr, MQTTAddr: s.cfg.MQTTAddr, HTTPAddr: s.cfg.HTTPAddr}
+	}
+	b := fmt.Appendf(nil, "{\n  \"initialized\": %q,\n  \"api_addr\": %q,\n  \"mqtt_addr\": %q,\n  \"http_addr\": %q\n}\n",
+		st.Initialized.Format(time.RFC3339Nano), st.APIAddr, st.MQTTAddr, st.HTTPAddr)
+	return writeFileAtomic(filepath.Join(s.cfg.DataDir, fileState), b, 0o644)
+}
+
+// TLSConfig returns the settings every Ward TLS listener shares: TLS 1.2+
+// with ECDHE and AEAD suites only (TLS 1.3 suites are all AEAD).
+func TLSConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		CipherSuites: []uint16{
+			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+			tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+			tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+			tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+			tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+			tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+		},
+		CurvePreferences: []tls.CurveID{tls.X25519MLKEM768, tls.X25519, tls.CurveP256, tls.CurveP384},
+	}
+}
+
+func hostOf(addr string) string {
+	h, _, _ := net.SplitHostPort(addr)
+	return h
+}
+
+// Start binds the listeners and serves in the background. The bound
+// addresses (useful with port 0) are recorded in ward.json.
+func (s *Server) Start(ctx context.Context) error {
+	cert, err := s.ca.issueServerCert(append([]string{hostOf(s.cfg.APIAddr), hostOf(s.cfg.MQTTAddr)}, s.cfg.Hostnames...))
+	if err != nil {
+		return fmt.Errorf("issue server certificate: %w", err)
+	}
+	tc := TLSConfig()
+	tc.Certificates = []tls.Certificate{*cert}
+	tc.NextProtos = []string{"h2", "http/1.1"}
+
+	apiLn, err := net.Listen("tcp", s.cfg.APIAddr)
+	if err != nil {
+		return fmt.Errorf("api listener: %w", err)
+	}
+	httpLn, err := net.Listen("tcp", s.cfg.HTTPAddr)
+	if err != nil {
+		apiLn.Close()
+		return fmt.Errorf("http listener: %w", err)
+	}
+	s.mu.Lock()
+	s.apiLn, s.httpLn = apiLn, httpLn
+	s.serveErr = make(chan error, 2)
+	s.mu.Unlock()
+
+	mux := http.NewServeMux()
+	mux.Handle("/api/v1/", s.API.Handler())
+	apiSrv := &http.Server{
+		Handler:           s.accessLog(mux),
+		TLSConfig:         tc,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	plain := http.NewServeMux()
+	httpSrv := &http.Server{
+		Handler:           plain,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	s.servers = []*http.Server{apiSrv, httpSrv}
+	go func() { s.serveErr <- apiSrv.Serve(tls.NewListener(apiLn, tc)) }()
+	go func() { s.serveErr <- httpSrv.Serve(httpLn) }()
+
+	st, _ := ReadState(s.cfg.DataDir)
+	if st == nil {
+		st = &State{Initialized: s.now().UTC()}
+	}
+	st.APIAddr, st.HTTPAddr, st.MQTTAddr = apiLn.Addr().String(), httpLn.Addr().String(), s.cfg.MQTTAddr
+	if err := s.writeState(st); err != nil {
+		return err
+	}
+	s.log.Info("ward server listening", "api", "https://"+st.APIAddr, "http", "http://"+st.HTTPAddr, "store", s.store.Dialect())
+	return nil
+}
+
+// APIAddr is the bound API address (after Start).
+func (s *Server) APIAddr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.apiLn == nil {
+		return ""
+	}
+	return s.apiLn.Addr().String()
+}
+
+// HTTPAddr is the bound plain-HTTP address (after Start).
+func (s *Server) HTTPAddr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.httpLn == nil {
+		return ""
+	}
+	return s.httpLn.Addr().String()
+}
+
+// Run starts the server and blocks until ctx is done or a listener fails,
+// then shuts down gracefully.
+func (s *Server) Run(ctx context.Context) error {
+	if err := s.Start(ctx); err != nil {
+		s.Close()
+		return err
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-s.serveErr:
+	}
+	s.Close()
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// Close stops the listeners (waiting up to 10 s for requests in flight) and
+// closes the store.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, srv := range s.servers {
+		srv.Shutdown(ctx)
+	}
+	return s.store.Close()
+}
+
+// Audit records a security decision or change outside an API request.
+func (s *Server) Audit(ctx context.Context, e audit.Entry) error {
+	return s.store.InTx(ctx, func(tx store.Tx) error {
+		_, err := audit.Append(ctx, tx, s.now(), e)
+		return err
+	})
+}
+
+// statusWriter captures the status for the access log.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// accessLog logs method, path, status and duration. It never logs headers
+// (Authorization), query strings or bodies.
+func (s *Server) accessLog(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w, status: 200}
+		h.ServeHTTP(sw, r)
+		path := r.URL.Path
+		if len(path) > 200 {
+			path = path[:200]
+		}
+		attrs := []any{"method", r.Method, "path", strings.ToValidUTF8(path, "?"), "status", sw.status,
+			"ms", float64(time.Since(start).Microseconds()) / 1000, "remote", r.RemoteAddr}
+		if p := api.PrincipalFrom(r.Context()); p != nil {
+			attrs = append(attrs, "token_id", p.TokenID)
+		}
+		s.log.Debug("http request", attrs...)
+	})
+}
