@@ -59,7 +59,9 @@ type Tenant struct {
 	CreatedAt time.Time `json:"created_at"`
 }
 
-func tenantJSON(t *store.Tenant) Tenant { return Tenant{ID: t.ID, Name: t.Name, CreatedAt: t.CreatedAt} }
+func tenantJSON(t *store.Tenant) Tenant {
+	return Tenant{ID: t.ID, Name: t.Name, CreatedAt: t.CreatedAt}
+}
 
 func (a *API) listTenants(w http.ResponseWriter, r *http.Request, p *tenant.Principal) error {
 	ts, err := a.d.Store.ListTenants(r.Context())

@@ -136,3 +136,12 @@ type Store interface {
 	Ping(ctx context.Context) error
 	Close() error
 }
+
+// Scrubber is implemented by stores that can purge residues of deleted
+// rows from their files on demand (SQLite: checkpoint and truncate the WAL;
+// secure_delete zeroes freed pages). Crypto-shredding calls it after
+// deleting a tenant's wrapped data key. PostgreSQL keeps dead tuples until
+// VACUUM; its operators rely on the KEK never being stored with the data.
+type Scrubber interface {
+	ScrubDeleted(ctx context.Context) error
+}

@@ -116,6 +116,13 @@ func (s *Service) Delete(ctx context.Context, actor, id string) error {
 	if errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("tenant %q: %w", id, ErrNoTenant)
 	}
+	if err == nil {
+		if sc, ok := s.store.(store.Scrubber); ok {
+			if serr := sc.ScrubDeleted(ctx); serr != nil {
+				return fmt.Errorf("tenant %q deleted, but scrubbing the database files failed: %w", id, serr)
+			}
+		}
+	}
 	return err
 }
 

@@ -48,11 +48,13 @@ func Open(ctx context.Context, path string) (*sqlstore.DB, error) {
 	f.Close()
 	// synchronous(FULL): an acknowledged write survives power loss, not
 	// just a process crash. busy_timeout: writers queue instead of failing.
+	// secure_delete(1): deleted rows are overwritten with zeros, so a
+	// deleted tenant's wrapped data key does not linger in free pages.
 	// _txlock=immediate: write transactions take the write lock up front, so
 	// read-then-write sequences (audit head) cannot deadlock or interleave.
 	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() +
 		"?_pragma=busy_timeout(30000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)" +
-		"&_pragma=foreign_keys(1)&_txlock=immediate"
+		"&_pragma=foreign_keys(1)&_pragma=secure_delete(1)&_txlock=immediate"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
@@ -61,7 +63,14 @@ func Open(ctx context.Context, path string) (*sqlstore.DB, error) {
 		db.Close()
 		return nil, err
 	}
-	return sqlstore.New(db, Dialect), nil
+	s := sqlstore.New(db, Dialect)
+	s.Scrub = func(ctx context.Context) error {
+		// Fold the write-ahead log into the database and truncate it, so
+		// old page images (holding deleted rows) leave the WAL file too.
+		_, err := db.ExecContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)")
+		return err
+	}
+	return s, nil
 }
 
 func migrate(ctx context.Context, db *sql.DB) error {

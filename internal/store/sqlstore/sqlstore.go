@@ -33,6 +33,17 @@ type Dialect struct {
 type DB struct {
 	q
 	db *sql.DB
+	// Scrub, if set, removes residues of deleted rows from the engine's
+	// files (see store.Scrubber).
+	Scrub func(ctx context.Context) error
+}
+
+// ScrubDeleted implements store.Scrubber.
+func (s *DB) ScrubDeleted(ctx context.Context) error {
+	if s.Scrub == nil {
+		return nil
+	}
+	return s.Scrub(ctx)
 }
 
 var _ store.Store = (*DB)(nil)
