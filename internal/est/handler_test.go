@@ -326,3 +326,8 @@ func enrollDirect(t *testing.T, ca *esttest.CA, device string) *x509.Certificate
 	}
 	return decodeCerts(t, rec.Body.Bytes())[0]
 }
+
+var (
+	oidECPublicKey     = asn1.ObjectIdentifier{1, 2, 840, 10045, 2, 1}
+	oidSHA256WithECDSA = asn1.ObjectIdentifier{1, 2, 840, 10045, 4, 3, 2}
+)

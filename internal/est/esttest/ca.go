@@ -46,9 +46,10 @@ type CA struct {
 }
 
 type token struct {
-	secret []byte
-	device string
-	used   bool
+	secret   []byte
+	device   string
+	used     bool
+	reusable bool
 }
 
 var (
@@ -121,6 +122,14 @@ func (c *CA) AddToken(secret, device string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.tokens = append(c.tokens, token{secret: []byte(secret), device: device})
+}
+
+// AddReusableToken registers a token that can enroll device any number of
+// times, as an enrollment group that allows reuse would.
+func (c *CA) AddReusableToken(secret, device string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.tokens = append(c.tokens, token{secret: []byte(secret), device: device, reusable: true})
 }
 
 // SetPending makes Enroll answer 202 with Retry-After d; 0 turns it off.
@@ -255,7 +264,7 @@ func (c *CA) authenticate(r *est.Request) (string, error) {
 	if c.pending > 0 {
 		return "", est.Pending(c.pending)
 	}
-	c.tokens[match].used = true
+	c.tokens[match].used = !c.tokens[match].reusable
 	return c.tokens[match].device, nil
 }
 
