@@ -4,7 +4,6 @@ import (
 	"net/http/httptest"
 	"testing"
 
-	"github.com/wardiot/ward/internal/est"
 	"github.com/wardiot/ward/internal/est/esttest"
 	"github.com/wardiot/ward/wire"
 )
@@ -15,7 +14,7 @@ import (
 func BenchmarkSimpleEnroll(b *testing.B) {
 	ca := esttest.NewCA(b, label)
 	ca.AddReusableToken("tok-bench", "dev-1")
-	h := est.New(ca)
+	h := mustNew(b, ca)
 	body := wire.EncodeBase64Body(csrDER(b, newKey(b), nil))
 	b.ReportAllocs()
 	for b.Loop() {

@@ -47,19 +47,22 @@ func WithDefaultLabel(label string) Option {
 	return func(h *Handler) { h.defaultLabel = label }
 }
 
-// New returns a Handler that serves EST for ca. It panics if an option is
-// invalid, as that is a programming error found at startup.
-func New(ca CA, opts ...Option) *Handler {
+// New returns a Handler that serves EST for ca, or an error if an option
+// is invalid (a default label that is not a valid label).
+func New(ca CA, opts ...Option) (*Handler, error) {
+	if ca == nil {
+		return nil, errors.New("est: New needs a CA")
+	}
 	h := &Handler{ca: ca}
 	for _, o := range opts {
 		o(h)
 	}
 	if h.defaultLabel != "" {
 		if err := wire.ValidateESTLabel(h.defaultLabel); err != nil {
-			panic("est: WithDefaultLabel: " + err.Error())
+			return nil, fmt.Errorf("est: default label: %w", err)
 		}
 	}
-	return h
+	return h, nil
 }
 
 var _ http.Handler = (*Handler)(nil)

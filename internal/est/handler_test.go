@@ -232,7 +232,7 @@ func TestHandler(t *testing.T) {
 			var events []est.Event
 			opts = append(opts, est.WithObserver(func(e est.Event) { events = append(events, e) }))
 			rec := httptest.NewRecorder()
-			est.New(backend, opts...).ServeHTTP(rec, req)
+			mustNew(t, backend, opts...).ServeHTTP(rec, req)
 
 			if rec.Code != tc.want.status {
 				t.Fatalf("status %d, want %d; body %q", rec.Code, tc.want.status, rec.Body.String())
@@ -320,7 +320,7 @@ func enrollDirect(t *testing.T, ca *esttest.CA, device string) *x509.Certificate
 	tok := "direct-" + device + "-" + fmt.Sprint(ca.Calls())
 	ca.AddToken(tok, device)
 	rec := httptest.NewRecorder()
-	est.New(ca).ServeHTTP(rec, bearer(post(wire.ESTSimpleEnroll, wire.EncodeBase64Body(csrDER(t, newKey(t), nil))), tok))
+	mustNew(t, ca).ServeHTTP(rec, bearer(post(wire.ESTSimpleEnroll, wire.EncodeBase64Body(csrDER(t, newKey(t), nil))), tok))
 	if rec.Code != 200 {
 		t.Fatalf("enrolling %s: %d %s", device, rec.Code, rec.Body)
 	}
@@ -331,3 +331,35 @@ var (
 	oidECPublicKey     = asn1.ObjectIdentifier{1, 2, 840, 10045, 2, 1}
 	oidSHA256WithECDSA = asn1.ObjectIdentifier{1, 2, 840, 10045, 4, 3, 2}
 )
+
+func mustNew(t testing.TB, ca est.CA, opts ...est.Option) *est.Handler {
+	t.Helper()
+	h, err := est.New(ca, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func TestNewRejectsBadOptions(t *testing.T) {
+	if _, err := est.New(nil); err == nil {
+		t.Error("New(nil) succeeded")
+	}
+	if _, err := est.New(esttest.NewCA(t, label), est.WithDefaultLabel("Not/A/Label")); err == nil {
+		t.Error("an invalid default label was accepted")
+	}
+}
+
+func TestConfigureTLS(t *testing.T) {
+	cfg := &tls.Config{}
+	est.ConfigureTLS(cfg)
+	if cfg.ClientAuth != tls.RequestClientCert || cfg.MinVersion != tls.VersionTLS12 {
+		t.Errorf("got ClientAuth %v, MinVersion %x", cfg.ClientAuth, cfg.MinVersion)
+	}
+	// A server that already verifies client certificates keeps doing so.
+	cfg = &tls.Config{ClientAuth: tls.VerifyClientCertIfGiven, MinVersion: tls.VersionTLS13}
+	est.ConfigureTLS(cfg)
+	if cfg.ClientAuth != tls.VerifyClientCertIfGiven || cfg.MinVersion != tls.VersionTLS13 {
+		t.Errorf("got ClientAuth %v, MinVersion %x", cfg.ClientAuth, cfg.MinVersion)
+	}
+}

@@ -31,7 +31,7 @@ const peerTimeout = 60 * time.Second
 func estServer(t *testing.T, ca est.CA, dir string, opts ...est.Option) string {
 	t.Helper()
 	mux := http.NewServeMux()
-	mux.Handle(wire.ESTPrefix, est.New(ca, opts...))
+	mux.Handle(wire.ESTPrefix, mustNew(t, ca, opts...))
 	srv := httptest.NewUnstartedServer(mux)
 	srv.TLS = &tls.Config{}
 	est.ConfigureTLS(srv.TLS)
