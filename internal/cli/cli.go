@@ -32,6 +32,8 @@ const (
 // usageError marks errors that mean "you called it wrong".
 type usageError struct{ error }
 
+func (u usageError) Unwrap() error { return u.error }
+
 // hintError carries a hint printed after the error.
 type hintError struct {
 	err  error

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -110,6 +111,10 @@ func (c *Config) Validate() error {
 		host, port, err := net.SplitHostPort(a.v)
 		if err != nil || port == "" {
 			add(a.name, fmt.Sprintf("%q is not host:port", a.v), "for example 127.0.0.1:8443 or :8443")
+			continue
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			add(a.name, fmt.Sprintf("%q has an invalid port", a.v), "use a port number from 0 to 65535")
 			continue
 		}
 		if host != "" && net.ParseIP(host) == nil && host != "localhost" {
