@@ -81,6 +81,7 @@ type AuditFilter struct {
 
 // Reader is the read side shared by a Store and a Tx.
 type Reader interface {
+	PKIReader
 	GetTenant(ctx context.Context, id string) (*Tenant, error)
 	ListTenants(ctx context.Context) ([]*Tenant, error)
 
@@ -102,10 +103,12 @@ type Reader interface {
 // function has returned.
 type Tx interface {
 	Reader
+	PKIWriter
 
 	// CreateTenant fails with ErrConflict if the ID exists.
 	CreateTenant(ctx context.Context, t *Tenant) error
-	// DeleteTenant deletes the tenant, its wrapped data key and its tokens.
+	// DeleteTenant deletes the tenant, its wrapped data key, its tokens,
+	// CAs and certificate records.
 	// ErrNotFound if it does not exist.
 	DeleteTenant(ctx context.Context, id string) error
 
@@ -144,4 +147,69 @@ type Store interface {
 // VACUUM; its operators rely on the KEK never being stored with the data.
 type Scrubber interface {
 	ScrubDeleted(ctx context.Context) error
+}
+
+// CA is a certificate authority record (see package pki for semantics).
+type CA struct {
+	ID       string
+	Tenant   string
+	Kind     string // "root" or "issuing"
+	ParentID string
+	CertDER  []byte
+	KeyRef   []byte // opaque key-manager reference; nil when the key is offline
+	Status   string // "active", "offline", "retired"
+	Created  time.Time
+}
+
+// Cert is an issued certificate record.
+type Cert struct {
+	Serial     string // lower-case hex
+	Tenant     string
+	Device     string
+	CAID       string
+	Profile    string
+	SPKISHA256 []byte
+	NotBefore  time.Time
+	NotAfter   time.Time
+	Status     string // "good" or "revoked"
+	RevokedAt  time.Time
+	Reason     int
+	CertDER    []byte
+}
+
+// CertFilter selects certificates; zero fields match all. Results are
+// ordered by NotBefore then Serial.
+type CertFilter struct {
+	Tenant string
+	Device string
+	CAID   string
+	Status string
+	Limit  int
+}
+
+// PKIReader reads certificate authority state.
+type PKIReader interface {
+	ListCAs(ctx context.Context, tenant string) ([]*CA, error)
+	GetCert(ctx context.Context, serial string) (*Cert, error)
+	ListCerts(ctx context.Context, f CertFilter) ([]*Cert, error)
+	// ForEachRevoked streams the revoked certificates of a CA ("" = all),
+	// holding at most a page of them in memory.
+	ForEachRevoked(ctx context.Context, caID string, fn func(*Cert) error) error
+}
+
+// PKIWriter changes certificate authority state.
+type PKIWriter interface {
+	// PutCA inserts a CA; ErrConflict if the ID exists.
+	PutCA(ctx context.Context, ca *CA) error
+	// UpdateCA replaces KeyRef and Status; ErrNotFound if absent.
+	UpdateCA(ctx context.Context, ca *CA) error
+	// RecordCert inserts an issued certificate; ErrConflict on a duplicate
+	// serial.
+	RecordCert(ctx context.Context, c *Cert) error
+	// RevokeCert marks a good certificate revoked and returns the record;
+	// ErrNotFound if absent; ErrConflict (with the stored record) if it
+	// was already revoked, keeping the first revocation's time and reason.
+	RevokeCert(ctx context.Context, serial string, reason int, at time.Time) (*Cert, error)
+	// NextCRLNumber increments and returns a CA's CRL number (from 1).
+	NextCRLNumber(ctx context.Context, caID string) (int64, error)
 }

@@ -55,8 +55,10 @@ func (t *txq) CreateTenant(ctx context.Context, tn *store.Tenant) error {
 }
 
 func (t *txq) DeleteTenant(ctx context.Context, id string) error {
-	if _, err := t.exec(ctx, `DELETE FROM tokens WHERE tenant_id = ?`, id); err != nil {
-		return err
+	for _, table := range []string{"tokens", "certs", "cas"} {
+		if _, err := t.exec(ctx, `DELETE FROM `+table+` WHERE tenant_id = ?`, id); err != nil {
+			return err
+		}
 	}
 	res, err := t.exec(ctx, `DELETE FROM tenants WHERE id = ?`, id)
 	if err != nil {

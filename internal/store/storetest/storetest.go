@@ -15,6 +15,9 @@ import (
 	"github.com/wardiot/ward/internal/store"
 )
 
+// extra holds suites registered by the other files of this package.
+var extra = map[string]func(t *testing.T, s store.Store){}
+
 // Run runs the suite. open must return a fresh, empty, migrated store.
 func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	tests := map[string]func(t *testing.T, s store.Store){
@@ -29,6 +32,9 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		"audit/concurrent-appends": testAuditConcurrent,
 		"audit/scan-pages":         testAuditScanPages,
 		"time/roundtrip-precision": testTimes,
+	}
+	for name, fn := range extra {
+		tests[name] = fn
 	}
 	for name, fn := range tests {
 		t.Run(name, func(t *testing.T) {
