@@ -88,7 +88,7 @@ func interop(t *testing.T, e *env, alg pki.Algorithm) string {
 
 	// The CRL is regenerated in the background; poll the handler.
 	crlURL := is.Cert.CRLDistributionPoints[0]
-	serialHex := strings.ToUpper(is.Cert.SerialNumber.Text(16))
+	serialHex := fmt.Sprintf("%X", is.Cert.SerialNumber.Bytes()) // openssl prints whole octets
 	var crlText string
 	waitFor(t, "the CRL to list the revoked serial", func() bool {
 		resp, err := http.Get(crlURL)
