@@ -6,7 +6,6 @@ import (
 	"io"
 	"mime"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -92,11 +91,10 @@ func (a *Authority) serveOCSP(w http.ResponseWriter, r *http.Request, rest strin
 			writeOCSP(w, ocsp.MalformedRequestErrorResponse, nil, a.cfg.Now())
 			return
 		}
-		s, err := url.PathUnescape(b64)
-		if err == nil {
-			der, err = decodeBase64Any(s)
-		}
-		if err != nil {
+		// net/http has already unescaped r.URL.Path.
+		_, b64, _ = strings.Cut(strings.TrimPrefix(r.URL.Path, "/ocsp/"), "/")
+		var err error
+		if der, err = decodeBase64Any(b64); err != nil {
 			writeOCSP(w, ocsp.MalformedRequestErrorResponse, nil, a.cfg.Now())
 			return
 		}
@@ -121,12 +119,16 @@ func (a *Authority) serveOCSP(w http.ResponseWriter, r *http.Request, rest strin
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
+	if e, ok := st.ocsp.cached(der, a.cfg.Now()); ok {
+		writeOCSP(w, e.der, e, a.cfg.Now())
+		return
+	}
 	req, err := ParseOCSPRequest(der)
 	if err != nil {
 		writeOCSP(w, ocsp.MalformedRequestErrorResponse, nil, a.cfg.Now())
 		return
 	}
-	resp, entry, err := a.respondOCSP(r.Context(), st, req)
+	resp, entry, err := a.respondOCSP(r.Context(), st, der, req)
 	if err != nil {
 		a.log.Error("pki: OCSP", "ca", id, "err", err)
 		writeOCSP(w, ocsp.InternalErrorErrorResponse, nil, a.cfg.Now())

@@ -146,7 +146,26 @@ type responder struct {
 	cert  *x509.Certificate
 	key   crypto.Signer
 	cache map[ocspKey]*ocspEntry
+	// known maps the DER of nonce-less requests already answered to their
+	// cache key, so repeated requests skip ASN.1 parsing. It holds no
+	// status, so it needs no invalidation.
+	known map[string]ocspKey
 	gen   uint64 // bumped on every status change, to drop racing cache fills
+}
+
+// cached returns the cached response for a request seen before.
+func (r *responder) cached(der []byte, now time.Time) (*ocspEntry, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	k, ok := r.known[string(der)]
+	if !ok {
+		return nil, false
+	}
+	e, ok := r.cache[k]
+	if !ok || !now.Before(e.refreshAt) {
+		return nil, false
+	}
+	return e, true
 }
 
 type ocspKey struct {
@@ -186,7 +205,7 @@ func (a *Authority) newResponder(ctx context.Context, st *caState) (*responder, 
 	if err != nil {
 		return nil, fmt.Errorf("pki: issue OCSP responder certificate for %s: %w", st.rec.ID, err)
 	}
-	return &responder{cert: cert, key: key, cache: make(map[ocspKey]*ocspEntry)}, nil
+	return &responder{cert: cert, key: key, cache: make(map[ocspKey]*ocspEntry), known: make(map[string]ocspKey)}, nil
 }
 
 // maintainResponder renews the responder certificate when a third of its
@@ -257,7 +276,7 @@ func (r *responder) put(k ocspKey, e *ocspEntry) {
 
 // respondOCSP answers a parsed request for CA st. It returns the DER
 // response and whether it may be cached by HTTP intermediaries.
-func (a *Authority) respondOCSP(ctx context.Context, st *caState, req *OCSPRequest) ([]byte, *ocspEntry, error) {
+func (a *Authority) respondOCSP(ctx context.Context, st *caState, raw []byte, req *OCSPRequest) ([]byte, *ocspEntry, error) {
 	var nameHash, keyHash []byte
 	if req.HashAlgorithm == crypto.SHA1 {
 		nameHash, keyHash = st.nameHash1, st.keyHash1
@@ -302,7 +321,12 @@ func (a *Authority) respondOCSP(ctx context.Context, st *caState, req *OCSPReque
 	e.der = der
 	r.mu.Lock()
 	if r.gen == gen {
-		r.put(ocspKey{string(sk), req.HashAlgorithm}, e)
+		k := ocspKey{string(sk), req.HashAlgorithm}
+		r.put(k, e)
+		if len(r.known) >= MaxOCSPCacheEntries {
+			clear(r.known)
+		}
+		r.known[string(raw)] = k
 	}
 	r.mu.Unlock()
 	return der, e, nil
