@@ -24,13 +24,16 @@ type MemStore struct {
 	cas    map[string]pki.CA
 	certs  map[string]pki.CertRecord
 	crlNum map[string]int64
+	// revoked is an append-only index of revocations per CA, so that
+	// ForEachRevoked can stream millions of entries without copying them.
+	revoked map[string][]pki.Revoked
 }
 
 var _ pki.Store = (*MemStore)(nil)
 
 // NewMemStore returns an empty store.
 func NewMemStore() *MemStore {
-	return &MemStore{cas: map[string]pki.CA{}, certs: map[string]pki.CertRecord{}, crlNum: map[string]int64{}}
+	return &MemStore{cas: map[string]pki.CA{}, certs: map[string]pki.CertRecord{}, crlNum: map[string]int64{}, revoked: map[string][]pki.Revoked{}}
 }
 
 func cloneCA(c pki.CA) pki.CA {
@@ -149,26 +152,34 @@ func (s *MemStore) RevokeCert(ctx context.Context, serial string, reason pki.Rea
 	r.RevokedAt = at.UTC()
 	r.Reason = reason
 	s.certs[serial] = r
+	s.revoked[r.CAID] = append(s.revoked[r.CAID], revokedOf(r))
 	return cloneCert(r), nil
 }
 
-// ForEachRevoked implements [pki.Store]. It snapshots the matching
-// entries so fn may call back into the store.
+// ForEachRevoked implements [pki.Store]. It iterates over a snapshot of
+// the append-only index taken under the lock, so fn may call back into the
+// store.
 func (s *MemStore) ForEachRevoked(ctx context.Context, caID string, fn func(pki.Revoked) error) error {
 	s.mu.RLock()
-	var list []pki.Revoked
-	for _, r := range s.certs {
-		if r.Status == pki.CertRevoked && (caID == "" || r.CAID == caID) {
-			list = append(list, pki.Revoked{Serial: r.Serial, CAID: r.CAID, Tenant: r.Tenant, Device: r.Device, NotAfter: r.NotAfter, RevokedAt: r.RevokedAt, Reason: r.Reason})
+	var lists [][]pki.Revoked
+	for id, l := range s.revoked {
+		if caID == "" || id == caID {
+			lists = append(lists, l)
 		}
 	}
 	s.mu.RUnlock()
-	for _, r := range list {
-		if err := fn(r); err != nil {
-			return err
+	for _, l := range lists {
+		for _, r := range l {
+			if err := fn(r); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
+}
+
+func revokedOf(r pki.CertRecord) pki.Revoked {
+	return pki.Revoked{Serial: r.Serial, CAID: r.CAID, Tenant: r.Tenant, Device: r.Device, NotAfter: r.NotAfter, RevokedAt: r.RevokedAt, Reason: r.Reason}
 }
 
 // NextCRLNumber implements [pki.Store].
@@ -201,8 +212,10 @@ func (s *MemStore) PutRevokedBulk(caID, tenant string, first uint64, n int, at, 
 	defer s.mu.Unlock()
 	for i := 0; i < n; i++ {
 		serial := fmt.Sprintf("%x", first+uint64(i))
-		s.certs[serial] = pki.CertRecord{Serial: serial, Tenant: tenant, CAID: caID, Status: pki.CertRevoked,
+		r := pki.CertRecord{Serial: serial, Tenant: tenant, CAID: caID, Status: pki.CertRevoked,
 			RevokedAt: at, Reason: pki.Reason([]int{0, 1, 4, 5}[i%4]), NotAfter: notAfter}
+		s.certs[serial] = r
+		s.revoked[caID] = append(s.revoked[caID], revokedOf(r))
 	}
 }
 
