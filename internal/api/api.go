@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/wardiot/ward/internal/audit"
+	"github.com/wardiot/ward/internal/pki"
 	"github.com/wardiot/ward/internal/store"
 	"github.com/wardiot/ward/internal/tenant"
 	"github.com/wardiot/ward/wire"
@@ -56,7 +57,11 @@ type Deps struct {
 	Store   store.Store
 	Tenants *tenant.Service
 	Tokens  *tenant.Tokens
-	Log     *slog.Logger
+	PKI     *pki.Authority
+	// CAKeys returns a tenant's CA key manager (nil: file mode, sealed
+	// with the tenant's data key).
+	CAKeys func(ctx context.Context, tenant string) (pki.KeyManager, error)
+	Log    *slog.Logger
 	Now     func() time.Time
 }
 
@@ -71,6 +76,9 @@ type API struct {
 func New(d Deps) *API {
 	a := &API{d: d, mux: http.NewServeMux()}
 	a.coreRoutes()
+	if d.PKI != nil {
+		a.pkiRoutes()
+	}
 	return a
 }
 
@@ -118,7 +126,8 @@ func (a *API) Handle(pattern string, perm tenant.Perm, scope Scope, summary stri
 				Detail: fmt.Sprintf("this token (role %s) may not %s here", p.Role, perm)})
 			return
 		}
-		if err := h(w, r.WithContext(withPrincipal(r.Context(), p)), p); err != nil {
+		ctx := audit.WithActor(withPrincipal(r.Context(), p), p.Actor())
+		if err := h(w, r.WithContext(ctx), p); err != nil {
 			WriteError(w, r, a.d.Log, err)
 		}
 	})

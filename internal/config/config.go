@@ -37,6 +37,16 @@ type Config struct {
 	// Hostnames are extra DNS names or IPs for the API/MQTT server
 	// certificate (localhost and 127.0.0.1 are always included).
 	Hostnames []string `yaml:"hostnames"`
+	// CAAlgorithm is the key algorithm of new tenant CAs: ecdsa-p256
+	// (default), ecdsa-p384, rsa-3072 or ed25519.
+	CAAlgorithm string `yaml:"ca_algorithm"`
+	// CAKeys says where tenant CA keys live: "file" (sealed with the
+	// tenant's data key, in the database) or "pkcs11" (generated in and
+	// never leaving a PKCS#11 token).
+	CAKeys        string `yaml:"ca_keys"`
+	PKCS11Module  string `yaml:"pkcs11_module"`
+	PKCS11Token   string `yaml:"pkcs11_token"`
+	PKCS11PINFile string `yaml:"pkcs11_pin_file"`
 	// NATS is an optional nats:// URL for JetStream (several nodes).
 	NATS string `yaml:"nats"`
 	// LogLevel is debug, info, warn or error; LogFormat is text or json.
@@ -50,8 +60,10 @@ func Default() Config {
 		APIAddr:   "127.0.0.1:8443",
 		MQTTAddr:  "127.0.0.1:8883",
 		HTTPAddr:  "127.0.0.1:8080",
-		LogLevel:  "info",
-		LogFormat: "text",
+		LogLevel:    "info",
+		LogFormat:   "text",
+		CAAlgorithm: "ecdsa-p256",
+		CAKeys:      "file",
 	}
 }
 
@@ -154,6 +166,29 @@ func (c *Config) Validate() error {
 	case "text", "json":
 	default:
 		add("log_format", fmt.Sprintf("unknown format %q", c.LogFormat), "use text or json")
+	}
+	switch c.CAAlgorithm {
+	case "ecdsa-p256", "ecdsa-p384", "rsa-3072", "ed25519":
+	default:
+		add("ca_algorithm", fmt.Sprintf("unknown algorithm %q", c.CAAlgorithm), "use ecdsa-p256, ecdsa-p384, rsa-3072 or ed25519")
+	}
+	switch c.CAKeys {
+	case "file":
+	case "pkcs11":
+		if c.PKCS11Module == "" {
+			add("pkcs11_module", "ca_keys is pkcs11 but no module is given", "for example /usr/lib/softhsm/libsofthsm2.so")
+		}
+		if c.PKCS11Token == "" {
+			add("pkcs11_token", "ca_keys is pkcs11 but no token label is given", "the label the token was initialised with")
+		}
+		if c.PKCS11PINFile == "" {
+			add("pkcs11_pin_file", "ca_keys is pkcs11 but no PIN file is given", "a 0600 file holding the user PIN")
+		}
+		if c.CAAlgorithm == "ed25519" {
+			add("ca_algorithm", "ed25519 CA keys are not supported in PKCS#11 tokens", "use ecdsa-p256")
+		}
+	default:
+		add("ca_keys", fmt.Sprintf("unknown key store %q", c.CAKeys), "use file or pkcs11")
 	}
 	for _, h := range c.Hostnames {
 		if h == "" || strings.ContainsAny(h, " /:") && net.ParseIP(h) == nil {

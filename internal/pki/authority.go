@@ -604,3 +604,17 @@ func publicKeysEqual(a, b crypto.PublicKey) bool {
 	k, ok := a.(interface{ Equal(crypto.PublicKey) bool })
 	return ok && k.Equal(b)
 }
+
+// DropTenant forgets a deleted tenant's CAs: nothing more is issued, and
+// their CRLs and OCSP answers stop being served. The caller has deleted
+// the records (and destroyed the tenant data key that sealed file-mode
+// keys) first.
+func (a *Authority) DropTenant(tenant string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for id, st := range a.cas {
+		if st.rec.Tenant == tenant {
+			delete(a.cas, id)
+		}
+	}
+}

@@ -19,6 +19,8 @@ import (
 	"github.com/wardiot/ward/internal/api"
 	"github.com/wardiot/ward/internal/audit"
 	"github.com/wardiot/ward/internal/config"
+	"github.com/wardiot/ward/internal/pki"
+	"github.com/wardiot/ward/internal/pki/pkcs11"
 	"github.com/wardiot/ward/internal/store"
 	"github.com/wardiot/ward/internal/store/postgres"
 	"github.com/wardiot/ward/internal/store/sqlite"
@@ -37,6 +39,10 @@ type Server struct {
 	Tenants *tenant.Service
 	Tokens  *tenant.Tokens
 	API     *api.API
+	PKI     *pki.Authority
+	hsm     *pkcs11.Manager
+	baseURL string
+	cancel  context.CancelFunc
 
 	mu       sync.Mutex
 	apiLn    net.Listener
@@ -68,19 +74,115 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, er
 	if err != nil {
 		return nil, err
 	}
-	s.ca, err = loadOrCreatePlatformCA(cfg.DataDir, s.kek)
-	if err != nil {
-		s.store.Close()
-		return nil, err
-	}
-	s.Tenants = tenant.NewService(s.store, s.kek, s.now)
-	s.Tokens = tenant.NewTokens(s.store, s.now)
-	s.API = api.New(api.Deps{Store: s.store, Tenants: s.Tenants, Tokens: s.Tokens, Log: log, Now: s.now})
-	if err := s.firstStart(ctx); err != nil {
-		s.store.Close()
+	if err := s.open(ctx); err != nil {
+		s.Close()
 		return nil, err
 	}
 	return s, nil
+}
+
+func (s *Server) open(ctx context.Context) error {
+	var err error
+	s.ca, err = loadOrCreatePlatformCA(s.cfg.DataDir, s.kek)
+	if err != nil {
+		return err
+	}
+	// Listeners are bound here, before the parts are built, because the
+	// plain-HTTP address goes into every certificate (CRL, OCSP URLs).
+	if s.apiLn, err = net.Listen("tcp", s.cfg.APIAddr); err != nil {
+		return fmt.Errorf("api listener: %w", err)
+	}
+	if s.httpLn, err = net.Listen("tcp", s.cfg.HTTPAddr); err != nil {
+		return fmt.Errorf("http listener: %w", err)
+	}
+	s.baseURL = s.cfg.PublicURL
+	if s.baseURL == "" {
+		host, port, _ := net.SplitHostPort(s.httpLn.Addr().String())
+		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+			host = "127.0.0.1"
+			s.log.Warn("the plain-HTTP listener binds all addresses but no public_url is set; certificates will point relying parties at 127.0.0.1", "hint", "set --public-url")
+		}
+		s.baseURL = "http://" + net.JoinHostPort(host, port)
+	}
+	s.Tenants = tenant.NewService(s.store, s.kek, s.now)
+	s.Tokens = tenant.NewTokens(s.store, s.now)
+	if err := s.openPKI(ctx); err != nil {
+		return err
+	}
+	s.API = api.New(api.Deps{Store: s.store, Tenants: s.Tenants, Tokens: s.Tokens, PKI: s.PKI, CAKeys: s.caKeys, Log: s.log, Now: s.now})
+	return s.firstStart(ctx)
+}
+
+// openPKI builds the certificate authority and ties it to the tenant life
+// cycle: a tenant is created with its CAs and deleted with them.
+func (s *Server) openPKI(ctx context.Context) error {
+	alg, err := pki.ParseAlgorithm(s.cfg.CAAlgorithm)
+	if err != nil {
+		return err
+	}
+	if s.cfg.CAKeys == "pkcs11" {
+		pin, err := os.ReadFile(s.cfg.PKCS11PINFile)
+		if err != nil {
+			return fmt.Errorf("read PKCS#11 PIN file: %w", err)
+		}
+		s.hsm, err = pkcs11.Open(pkcs11.Config{Module: s.cfg.PKCS11Module, TokenLabel: s.cfg.PKCS11Token, PIN: strings.TrimSpace(string(pin))})
+		if err != nil {
+			return fmt.Errorf("open PKCS#11 token: %w", err)
+		}
+	}
+	s.PKI, err = pki.New(ctx, pki.Config{
+		Store:      pkiStore{s.store},
+		Keys:       s.caKeys,
+		BaseURL:    s.baseURL,
+		IssuerURLs: true,
+		Now:        s.now,
+		Auditor:    pkiAuditor{s: s.store, now: s.now},
+		Logger:     s.log,
+	})
+	if err != nil {
+		return err
+	}
+	s.Tenants.AfterCreate(func(ctx context.Context, t *store.Tenant, _ *tenant.Sealer) error {
+		km, err := s.caKeys(ctx, t.ID)
+		if err != nil {
+			return err
+		}
+		_, err = s.PKI.CreateTenantCAs(ctx, t.ID, alg, km)
+		return err
+	})
+	s.Tenants.AfterDelete(func(ctx context.Context, id string) { s.PKI.DropTenant(id) })
+	// A crash between committing a tenant and creating its CAs leaves a
+	// tenant without them; finish the job at start.
+	ts, err := s.store.ListTenants(ctx)
+	if err != nil {
+		return err
+	}
+	for _, t := range ts {
+		if len(s.PKI.CAs(t.ID)) > 0 {
+			continue
+		}
+		km, err := s.caKeys(ctx, t.ID)
+		if err != nil {
+			return err
+		}
+		if _, err := s.PKI.CreateTenantCAs(ctx, t.ID, alg, km); err != nil {
+			return fmt.Errorf("create missing CAs of tenant %s: %w", t.ID, err)
+		}
+		s.log.Info("created the missing CAs of a tenant", "tenant", t.ID)
+	}
+	return nil
+}
+
+// caKeys returns the key manager of a tenant's CA keys.
+func (s *Server) caKeys(ctx context.Context, tenantID string) (pki.KeyManager, error) {
+	if s.hsm != nil {
+		return s.hsm, nil
+	}
+	sealer, err := s.Tenants.Sealer(ctx, tenantID)
+	if err != nil {
+		return nil, err
+	}
+	return pki.NewFileKeyManager(sealer), nil
 }
 
 // Store returns the server's store (for tests and the demo).
@@ -149,19 +251,11 @@ func (s *Server) Start(ctx context.Context) error {
 	tc.Certificates = []tls.Certificate{*cert}
 	tc.NextProtos = []string{"h2", "http/1.1"}
 
-	apiLn, err := net.Listen("tcp", s.cfg.APIAddr)
-	if err != nil {
-		return fmt.Errorf("api listener: %w", err)
-	}
-	httpLn, err := net.Listen("tcp", s.cfg.HTTPAddr)
-	if err != nil {
-		apiLn.Close()
-		return fmt.Errorf("http listener: %w", err)
-	}
-	s.mu.Lock()
-	s.apiLn, s.httpLn = apiLn, httpLn
+	apiLn, httpLn := s.apiLn, s.httpLn
 	s.serveErr = make(chan error, 2)
-	s.mu.Unlock()
+	runCtx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	go s.PKI.Run(runCtx)
 
 	mux := http.NewServeMux()
 	mux.Handle("/api/v1/", s.API.Handler())
@@ -174,9 +268,11 @@ func (s *Server) Start(ctx context.Context) error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
-	plain := http.NewServeMux()
 	httpSrv := &http.Server{
-		Handler:           plain,
+		// CRLs, CA certificates and OCSP, mounted at the root: OCSP GET
+		// requests carry base64 (which may contain "//") in the path, and a
+		// ServeMux would redirect them.
+		Handler:           s.PKI.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		MaxHeaderBytes:    16 << 10,
@@ -194,7 +290,8 @@ func (s *Server) Start(ctx context.Context) error {
 	if err := s.writeState(st); err != nil {
 		return err
 	}
-	s.log.Info("ward server listening", "api", "https://"+st.APIAddr, "http", "http://"+st.HTTPAddr, "store", s.store.Dialect())
+	s.log.Info("ward server listening", "api", "https://"+st.APIAddr, "http", "http://"+st.HTTPAddr, "public_url", s.baseURL,
+		"store", s.store.Dialect(), "ca_keys", s.cfg.CAKeys)
 	return nil
 }
 
@@ -244,6 +341,20 @@ func (s *Server) Close() error {
 	defer cancel()
 	for _, srv := range s.servers {
 		srv.Shutdown(ctx)
+	}
+	if s.cancel != nil {
+		s.cancel()
+	}
+	for _, ln := range []net.Listener{s.apiLn, s.httpLn} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+	if s.hsm != nil {
+		s.hsm.Close()
+	}
+	if s.store == nil {
+		return nil
 	}
 	return s.store.Close()
 }

@@ -3,6 +3,7 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"io"
@@ -181,4 +182,15 @@ func TestRestartKeepsEverything(t *testing.T) {
 			t.Errorf("%s has mode %v, want 0600", f, fi.Mode().Perm())
 		}
 	}
+}
+
+func caPool(t *testing.T, dir string) *x509.CertPool {
+	t.Helper()
+	b, err := os.ReadFile(server.CABundlePath(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := x509.NewCertPool()
+	p.AppendCertsFromPEM(b)
+	return p
 }

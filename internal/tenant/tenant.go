@@ -39,7 +39,22 @@ type Service struct {
 	mu    sync.Mutex
 	cache map[string]*Sealer
 
-	onCreate []Hook
+	onCreate    []Hook
+	afterCreate []AfterHook
+	afterDelete []func(ctx context.Context, id string)
+}
+
+// AfterHook runs after the transaction that created a tenant committed,
+// for work that cannot share that transaction (generating CA keys in an
+// HSM, say). If it fails, the tenant is deleted again and Create fails.
+type AfterHook func(ctx context.Context, t *store.Tenant, s *Sealer) error
+
+// AfterCreate registers a hook run after a tenant is created.
+func (s *Service) AfterCreate(h AfterHook) { s.afterCreate = append(s.afterCreate, h) }
+
+// AfterDelete registers a hook run after a tenant is deleted.
+func (s *Service) AfterDelete(h func(ctx context.Context, id string)) {
+	s.afterDelete = append(s.afterDelete, h)
 }
 
 // NewService returns a Service. now is the clock (time.Now in production).
@@ -94,6 +109,14 @@ func (s *Service) Create(ctx context.Context, actor, id, name string) (*store.Te
 		}
 		return nil, err
 	}
+	for _, h := range s.afterCreate {
+		if err := h(ctx, t, sealer); err != nil {
+			if derr := s.Delete(ctx, "system", id); derr != nil {
+				return nil, fmt.Errorf("set up tenant %q: %w (and removing it again failed: %v)", id, err, derr)
+			}
+			return nil, fmt.Errorf("set up tenant %q: %w", id, err)
+		}
+	}
 	return t, nil
 }
 
@@ -117,6 +140,9 @@ func (s *Service) Delete(ctx context.Context, actor, id string) error {
 		return fmt.Errorf("tenant %q: %w", id, ErrNoTenant)
 	}
 	if err == nil {
+		for _, h := range s.afterDelete {
+			h(ctx, id)
+		}
 		if sc, ok := s.store.(store.Scrubber); ok {
 			if serr := sc.ScrubDeleted(ctx); serr != nil {
 				return fmt.Errorf("tenant %q deleted, but scrubbing the database files failed: %w", id, serr)
