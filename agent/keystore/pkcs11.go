@@ -180,4 +180,3 @@ func (k *pkcs11Key) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 	}
 	return sig, nil
 }
-
