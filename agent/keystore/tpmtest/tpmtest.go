@@ -9,6 +9,7 @@ package tpmtest
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -25,7 +26,7 @@ const (
 	// startTimeout bounds waiting for swtpm to accept connections.
 	startTimeout = 15 * time.Second
 	// startAttempts retries when a port picked free was taken meanwhile.
-	startAttempts = 5
+	startAttempts = 20
 )
 
 // Sim is a running swtpm.
@@ -33,7 +34,8 @@ type Sim struct {
 	// Addr is the TPM command port, "127.0.0.1:PORT". It takes raw TPM
 	// commands, one connection at a time.
 	Addr string
-	// CtrlAddr is swtpm's control port (power, reset).
+	// CtrlAddr is swtpm's control port (power, reset, locality), always
+	// the port after Addr's.
 	CtrlAddr string
 	// StateDir holds the TPM's persistent state.
 	StateDir string
@@ -112,22 +114,36 @@ func Manufactured(t testing.TB) *Sim {
 	return s
 }
 
-func freePort(t testing.TB) int {
+// freePorts returns a free loopback port P whose neighbour P+1 is free
+// too: tpm2-tools' swtpm TCTI expects the control port right after the
+// command port. Both are released before returning, so a collision with
+// another process is possible and run retries.
+func freePorts(t testing.TB) (cmd, ctrl int, ok bool) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	p := l.Addr().(*net.TCPAddr).Port
+	if p >= 65535 {
+		return 0, 0, false
+	}
+	l2, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p+1)))
+	if err != nil {
+		return 0, 0, false
+	}
+	l2.Close()
+	return p, p + 1, true
 }
 
 func run(t testing.TB, state string) *Sim {
 	t.Helper()
 	var lastErr error
 	for range startAttempts {
-		port, ctrl := freePort(t), freePort(t)
-		if port == ctrl {
+		port, ctrl, ok := freePorts(t)
+		if !ok {
+			lastErr = errors.New("no free pair of adjacent loopback ports")
 			continue
 		}
 		s := &Sim{
