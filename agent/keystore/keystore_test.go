@@ -35,7 +35,7 @@ type backend struct {
 	open          func(t *testing.T) Keystore
 }
 
-func mustOpen(t *testing.T, spec string, opts ...Option) Keystore {
+func mustOpen(t testing.TB, spec string, opts ...Option) Keystore {
 	t.Helper()
 	ks, err := Open(spec, opts...)
 	if err != nil {
@@ -66,6 +66,9 @@ func sealedFileBackend(t *testing.T) backend {
 }
 
 func pkcs11Backend(t *testing.T) backend {
+	if !haveCgo {
+		peertest.Missing(t, "the pkcs11 backend needs cgo; this test binary was built with CGO_ENABLED=0")
+	}
 	tok := softhsmtest.New(t, "ward-test")
 	return backend{
 		name:          "pkcs11",

@@ -49,8 +49,13 @@ func parseTSS2Key(data []byte) (tss2Key, error) {
 	if block == nil || block.Type != pemTSS2Key {
 		return tss2Key{}, fmt.Errorf("not a %q PEM file", pemTSS2Key)
 	}
+	return parseTSS2DER(block.Bytes)
+}
+
+// parseTSS2DER parses and checks the DER body of a state file.
+func parseTSS2DER(der []byte) (tss2Key, error) {
 	var k tss2Key
-	rest, err := asn1.Unmarshal(block.Bytes, &k)
+	rest, err := asn1.Unmarshal(der, &k)
 	if err != nil {
 		return tss2Key{}, errors.New("malformed TSS2 key (policies and secrets are not supported)")
 	}
