@@ -282,6 +282,42 @@ func runConformance(t *testing.T, b backend) {
 		signVerify(t, next)
 	})
 
+	t.Run("ok/concurrent-sign", func(t *testing.T) {
+		ks := b.open(t)
+		var keys []Key
+		for _, n := range []string{"conc-1", "conc-2"} {
+			k, err := ks.Generate(ctx, n, ECDSAP256)
+			if err != nil {
+				t.Fatal(err)
+			}
+			keys = append(keys, k)
+		}
+		errs := make(chan error, 8)
+		for i := range 8 {
+			go func() {
+				k := keys[i%2]
+				d := sha256.Sum256([]byte{byte(i)})
+				for range 5 {
+					sig, err := k.Sign(rand.Reader, d[:], crypto.SHA256)
+					if err != nil {
+						errs <- err
+						return
+					}
+					if !ecdsa.VerifyASN1(k.Public().(*ecdsa.PublicKey), d[:], sig) {
+						errs <- errors.New("bad signature under concurrency")
+						return
+					}
+				}
+				errs <- nil
+			}()
+		}
+		for range 8 {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+
 	t.Run("fail/load-missing", func(t *testing.T) {
 		ks := b.open(t)
 		if _, err := ks.Load(ctx, "never-made"); !errors.Is(err, ErrNotFound) {
