@@ -62,7 +62,7 @@ type Deps struct {
 	// with the tenant's data key).
 	CAKeys func(ctx context.Context, tenant string) (pki.KeyManager, error)
 	Log    *slog.Logger
-	Now     func() time.Time
+	Now    func() time.Time
 }
 
 // API is the REST API.

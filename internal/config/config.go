@@ -57,9 +57,9 @@ type Config struct {
 // Default returns the defaults: loopback listeners, SQLite, info logs.
 func Default() Config {
 	return Config{
-		APIAddr:   "127.0.0.1:8443",
-		MQTTAddr:  "127.0.0.1:8883",
-		HTTPAddr:  "127.0.0.1:8080",
+		APIAddr:     "127.0.0.1:8443",
+		MQTTAddr:    "127.0.0.1:8883",
+		HTTPAddr:    "127.0.0.1:8080",
 		LogLevel:    "info",
 		LogFormat:   "text",
 		CAAlgorithm: "ecdsa-p256",
