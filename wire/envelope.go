@@ -182,8 +182,7 @@ func (h *Header) check(kind Kind) error {
 // deterministic order (positive labels, then negative ones by magnitude).
 func (h *Header) encodeProtected(kind Kind, alg int64) []byte {
 	b := make([]byte, 0, 96+len(h.Device)+len(h.SchemaID)+len(h.KeyID))
-	pairs := 6
-	b = appendHead(b, 5, uint64(pairs))
+	b = append(b, 0xa7) // map(7): alg, kid or epoch, and five Ward fields
 	b = appendInt(b, LabelAlg)
 	b = appendInt(b, alg)
 	if kind == KindSign1 {
