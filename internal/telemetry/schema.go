@@ -221,8 +221,10 @@ func checkSubset(m map[string]any, path string, parent Classification, conf *boo
 			if err != nil {
 				return fmt.Errorf("%s: %w", path, err)
 			}
-			if c < parent {
-				return fmt.Errorf("%s: %s field inside a %s one", path, c, parent)
+			if parent == Confidential && c != Confidential {
+				// The whole confidential subtree is sealed; a lower label
+				// inside it would promise something Split does not do.
+				return fmt.Errorf("%s: %s field inside a confidential one", path, c)
 			}
 			cls = c
 		case k == "type":
