@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"github.com/wardiot/ward/internal/strictjson"
 	"testing"
 	"time"
 
@@ -85,7 +86,7 @@ func BenchmarkParts(b *testing.B) {
 	b.Run("json+schema", func(b *testing.B) {
 		b.ReportAllocs()
 		for i := 0; i < b.N; i++ {
-			v, err := decodeJSON([]byte(benchPayload))
+			v, err := strictjson.Decode([]byte(benchPayload), maxJSONDepth)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/wardiot/ward/internal/strictjson"
 	"reflect"
 	"slices"
 	"sort"
@@ -23,6 +24,10 @@ const (
 	MaxSchemaSize = 64 << 10
 	// MaxSchemasPerTenant bounds registry memory per tenant.
 	MaxSchemasPerTenant = 4096
+	// maxJSONDepth bounds nesting in payloads and schemas: deep documents
+	// cost stack and time in every consumer, and telemetry is flat in
+	// practice.
+	maxJSONDepth = 32
 )
 
 // Classification of a payload field, set with the schema keyword
@@ -174,7 +179,7 @@ func CompileSchema(doc []byte) (*Schema, error) {
 	if len(doc) > MaxSchemaSize {
 		return nil, fmt.Errorf("schema is %d bytes, limit %d", len(doc), MaxSchemaSize)
 	}
-	v, err := decodeJSON(doc)
+	v, err := strictjson.Decode(doc, maxJSONDepth)
 	if err != nil {
 		return nil, fmt.Errorf("schema is not valid JSON: %w", err)
 	}
@@ -536,7 +541,7 @@ type SealedField struct {
 // [SealedField]. Confidential array items are replaced by null so the
 // pointers stay valid. sealed is nil when nothing is confidential.
 func (s *Schema) Split(payload []byte, sealer Sealer, aad []byte) (public json.RawMessage, sealed []byte, err error) {
-	v, err := decodeJSON(payload)
+	v, err := strictjson.Decode(payload, maxJSONDepth)
 	if err != nil {
 		return nil, nil, fmt.Errorf("payload: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/wardiot/ward/internal/strictjson"
 	"strings"
 	"time"
 
@@ -194,7 +195,7 @@ func (v *Verifier) Verify(ctx context.Context, id Identity, topic string, raw []
 	if !ok {
 		return nil, reject(ReasonUnknownSchema, nil, "schema %s v%d is not registered", h.SchemaID, h.SchemaVersion)
 	}
-	val, err := decodeJSON(env.Payload)
+	val, err := strictjson.Decode(env.Payload, maxJSONDepth)
 	if err != nil {
 		return nil, reject(ReasonSchemaInvalid, nil, "payload is not valid JSON")
 	}

@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"github.com/wardiot/ward/internal/strictjson"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -433,7 +434,7 @@ func TestReplayStateIsBounded(t *testing.T) {
 	}
 }
 
-func FuzzDecodeJSON(f *testing.F) {
+func FuzzValidateAndRedact(f *testing.F) {
 	f.Add([]byte(`{"a":[1,2,{"b":null}],"c":"d"}`))
 	f.Add([]byte(`{"a":1,"a":2}`))
 	f.Add([]byte(`[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]`))
@@ -441,7 +442,7 @@ func FuzzDecodeJSON(f *testing.F) {
 		if len(b) > wire.MaxEnvelopeSize {
 			return
 		}
-		v, err := decodeJSON(b)
+		v, err := strictjson.Decode(b, maxJSONDepth)
 		if err != nil {
 			return
 		}
