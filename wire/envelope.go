@@ -13,9 +13,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"time"
+	"unicode/utf8"
 
-	"github.com/fxamacker/cbor/v2"
 	"github.com/veraison/go-cose"
 )
 
@@ -328,31 +329,14 @@ func appendInt(b []byte, v int64) []byte {
 	return appendHead(b, 1, uint64(-1-v))
 }
 
-// The decoder refuses everything RFC 9052 leaves to the implementer that
-// could create parser differentials: duplicate map keys, indefinite lengths,
-// tags inside the message, and deep nesting.
-var strictDec = func() cbor.DecMode {
-	dm, err := cbor.DecOptions{
-		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
-		IndefLength:      cbor.IndefLengthForbidden,
-		TagsMd:           cbor.TagsForbidden,
-		MaxNestedLevels:  4,
-		MaxArrayElements: maxHeaderPairs,
-		MaxMapPairs:      maxHeaderPairs,
-		IntDec:           cbor.IntDecConvertSigned,
-		UTF8:             cbor.UTF8RejectInvalid,
-	}.DecMode()
-	if err != nil {
-		panic(err)
-	}
-	return dm
-}()
-
 // ParseEnvelope decodes a tagged COSE_Sign1 or COSE_Mac0 envelope without
 // verifying it. It is strict: it refuses oversized input, trailing bytes,
-// duplicate header labels, indefinite-length items, a non-empty unprotected
-// header, missing Ward fields and critical headers it does not understand.
-// The returned Envelope refers to b, which must not be modified afterwards.
+// duplicate header labels, indefinite-length items, non-shortest integer
+// and length encodings, tags inside the message, invalid UTF-8, a non-empty
+// unprotected header, missing Ward fields and critical headers it does not
+// understand. Each of those could otherwise let two parsers read one
+// message differently. The returned Envelope refers to b, which must not be
+// modified afterwards.
 func ParseEnvelope(b []byte) (*Envelope, error) {
 	if len(b) > MaxEnvelopeSize {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrEnvelopeTooLarge, len(b), MaxEnvelopeSize)
@@ -369,23 +353,23 @@ func ParseEnvelope(b []byte) (*Envelope, error) {
 	default:
 		return nil, fmt.Errorf("%w: not a COSE_Sign1 or COSE_Mac0 tag", ErrMalformed)
 	}
-	rest := b[2:]
+	r := cborReader{b: b, i: 2}
 	var err error
-	if e.protected, rest, err = readBstr(rest); err != nil {
+	if e.protected, err = r.bytes(); err != nil {
 		return nil, err
 	}
-	if len(rest) == 0 || rest[0] != 0xa0 {
+	if r.i >= len(b) || b[r.i] != 0xa0 {
 		return nil, fmt.Errorf("%w: unprotected header must be an empty map", ErrMalformed)
 	}
-	rest = rest[1:]
-	if e.Payload, rest, err = readBstr(rest); err != nil {
+	r.i++
+	if e.Payload, err = r.bytes(); err != nil {
 		return nil, err
 	}
-	if e.tag, rest, err = readBstr(rest); err != nil {
+	if e.tag, err = r.bytes(); err != nil {
 		return nil, err
 	}
-	if len(rest) != 0 {
-		return nil, fmt.Errorf("%w: %d trailing bytes", ErrMalformed, len(rest))
+	if r.i != len(b) {
+		return nil, fmt.Errorf("%w: %d trailing bytes", ErrMalformed, len(b)-r.i)
 	}
 	if err := e.parseProtected(); err != nil {
 		return nil, err
@@ -393,42 +377,181 @@ func ParseEnvelope(b []byte) (*Envelope, error) {
 	return &e, nil
 }
 
-// readBstr reads one definite-length byte string.
-func readBstr(b []byte) (v, rest []byte, err error) {
-	if len(b) == 0 || b[0]>>5 != 2 {
-		return nil, nil, fmt.Errorf("%w: expected a byte string", ErrMalformed)
+// maxSkipDepth bounds nesting inside header values Ward does not know.
+const maxSkipDepth = 4
+
+// cborReader reads the deterministic subset of CBOR (RFC 8949 §4.2.1)
+// that COSE headers need. It is hand-written because a reflection-based
+// decoder of map[any]any costs more than the HMAC on small messages.
+type cborReader struct {
+	b []byte
+	i int
+}
+
+func malformed(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrMalformed, fmt.Sprintf(format, args...))
+}
+
+// head reads an item head and returns its major type and argument. It
+// refuses indefinite lengths, reserved values and non-shortest arguments.
+func (r *cborReader) head() (major byte, arg uint64, err error) {
+	if r.i >= len(r.b) {
+		return 0, 0, malformed("truncated CBOR")
 	}
-	ai := b[0] & 0x1f
-	var n uint64
-	var hl int
+	ib := r.b[r.i]
+	major, ai := ib>>5, ib&0x1f
+	r.i++
+	var n int
 	switch {
 	case ai < 24:
-		n, hl = uint64(ai), 1
-	case ai == 24 && len(b) >= 2:
-		n, hl = uint64(b[1]), 2
-	case ai == 25 && len(b) >= 3:
-		n, hl = uint64(binary.BigEndian.Uint16(b[1:])), 3
-	case ai == 26 && len(b) >= 5:
-		n, hl = uint64(binary.BigEndian.Uint32(b[1:])), 5
-	case ai == 27 && len(b) >= 9:
-		n, hl = binary.BigEndian.Uint64(b[1:]), 9
+		return major, uint64(ai), nil
+	case ai == 24:
+		n = 1
+	case ai == 25:
+		n = 2
+	case ai == 26:
+		n = 4
+	case ai == 27:
+		n = 8
 	default:
-		// 28-30 are reserved, 31 is indefinite length: both refused.
-		return nil, nil, fmt.Errorf("%w: bad byte string length", ErrMalformed)
+		return 0, 0, malformed("indefinite-length or reserved CBOR item")
 	}
-	if n > uint64(len(b)-hl) {
-		return nil, nil, fmt.Errorf("%w: truncated byte string", ErrMalformed)
+	if len(r.b)-r.i < n {
+		return 0, 0, malformed("truncated CBOR")
 	}
-	return b[hl : hl+int(n)], b[hl+int(n):], nil
+	for _, c := range r.b[r.i : r.i+n] {
+		arg = arg<<8 | uint64(c)
+	}
+	r.i += n
+	if major == 7 {
+		return major, arg, nil // floats keep their width
+	}
+	if (n == 1 && arg < 24) || (n == 2 && arg <= math.MaxUint8) || (n == 4 && arg <= math.MaxUint16) || (n == 8 && arg <= math.MaxUint32) {
+		return 0, 0, malformed("non-shortest CBOR encoding")
+	}
+	return major, arg, nil
+}
+
+// payloadOf reads the content of a byte or text string of length n.
+func (r *cborReader) payloadOf(n uint64) ([]byte, error) {
+	if n > uint64(len(r.b)-r.i) {
+		return nil, malformed("truncated CBOR string")
+	}
+	v := r.b[r.i : r.i+int(n)]
+	r.i += int(n)
+	return v, nil
+}
+
+func (r *cborReader) bytes() ([]byte, error) {
+	m, n, err := r.head()
+	if err != nil {
+		return nil, err
+	}
+	if m != 2 {
+		return nil, malformed("expected a byte string")
+	}
+	return r.payloadOf(n)
+}
+
+func (r *cborReader) text() (string, error) {
+	m, n, err := r.head()
+	if err != nil {
+		return "", err
+	}
+	if m != 3 {
+		return "", malformed("expected a text string")
+	}
+	v, err := r.payloadOf(n)
+	if err != nil {
+		return "", err
+	}
+	if !utf8.Valid(v) {
+		return "", malformed("invalid UTF-8 in text string")
+	}
+	return string(v), nil
+}
+
+func (r *cborReader) uint() (uint64, error) {
+	m, n, err := r.head()
+	if err != nil {
+		return 0, err
+	}
+	if m != 0 {
+		return 0, malformed("expected an unsigned integer")
+	}
+	return n, nil
+}
+
+// int reads a major type 0 or 1 integer that fits in int64.
+func (r *cborReader) int() (int64, error) {
+	m, n, err := r.head()
+	if err != nil {
+		return 0, err
+	}
+	if (m != 0 && m != 1) || n > math.MaxInt64 {
+		return 0, malformed("expected an integer in int64 range")
+	}
+	if m == 1 {
+		return -1 - int64(n), nil
+	}
+	return int64(n), nil
+}
+
+// skip steps over one well-formed item (no tags).
+func (r *cborReader) skip(depth int) error {
+	if depth > maxSkipDepth {
+		return malformed("header value nested too deeply")
+	}
+	start := r.i
+	m, n, err := r.head()
+	if err != nil {
+		return err
+	}
+	switch m {
+	case 0, 1:
+		return nil
+	case 2:
+		_, err = r.payloadOf(n)
+		return err
+	case 3:
+		r.i = start
+		_, err = r.text()
+		return err
+	case 4, 5:
+		if n > maxHeaderPairs {
+			return malformed("header value too large")
+		}
+		if m == 5 {
+			n *= 2
+		}
+		for range n {
+			if err := r.skip(depth + 1); err != nil {
+				return err
+			}
+		}
+		return nil
+	case 6:
+		return malformed("CBOR tags are not allowed in headers")
+	}
+	// Major 7: simple values and floats. One-byte simple values below 32
+	// are not well-formed (RFC 8949 §3.3).
+	if r.b[start]&0x1f == 24 && n < 32 {
+		return malformed("bad CBOR simple value")
+	}
+	return nil
 }
 
 func (e *Envelope) parseProtected() error {
 	if len(e.protected) == 0 || len(e.protected) > maxHeaderSize {
 		return fmt.Errorf("%w: protected header missing or larger than %d bytes", ErrMalformed, maxHeaderSize)
 	}
-	var m map[any]cbor.RawMessage
-	if err := strictDec.Unmarshal(e.protected, &m); err != nil {
-		return fmt.Errorf("%w: protected header: %v", ErrMalformed, err)
+	r := cborReader{b: e.protected}
+	m, pairs, err := r.head()
+	if err != nil {
+		return err
+	}
+	if m != 5 || pairs > maxHeaderPairs {
+		return malformed("protected header must be a map of at most %d entries", maxHeaderPairs)
 	}
 	const (
 		hAlg = 1 << iota
@@ -442,128 +565,125 @@ func (e *Envelope) parseProtected() error {
 		hRequired = hAlg | hDevice | hSeq | hTime | hSchema | hSchemaVer
 	)
 	have := 0
+	var seen [maxHeaderPairs]int64
+	var seenText []string
 	h := &e.Header
-	for k, raw := range m {
-		label, ok := k.(int64)
-		if !ok {
+	for p := range int(pairs) {
+		if r.i >= len(r.b) {
+			return malformed("truncated protected header")
+		}
+		if r.b[r.i]>>5 == 3 {
 			// Text labels are legal COSE but Ward defines none; unless crit
 			// names them (which checkCrit refuses) they are ignored.
-			if _, isText := k.(string); isText {
-				continue
+			t, err := r.text()
+			if err != nil {
+				return err
 			}
-			return fmt.Errorf("%w: protected header label of type %T", ErrMalformed, k)
+			if slices.Contains(seenText, t) {
+				return malformed("duplicate header label")
+			}
+			seenText = append(seenText, t)
+			if err := r.skip(1); err != nil {
+				return err
+			}
+			continue
 		}
-		var err error
+		label, err := r.int()
+		if err != nil {
+			return malformed("header label must be an integer or text")
+		}
+		if slices.Contains(seen[:p], label) {
+			return malformed("duplicate header label %d", label)
+		}
+		seen[p] = label
 		switch label {
 		case LabelAlg:
 			have |= hAlg
-			err = strictDec.Unmarshal(raw, &e.Alg)
+			e.Alg, err = r.int()
 		case LabelCrit:
-			err = checkCrit(raw)
+			err = r.crit()
 		case LabelKeyID:
 			have |= hKeyID
-			err = decodeBstr(raw, &h.KeyID)
+			h.KeyID, err = r.bytes()
 		case LabelDevice:
 			have |= hDevice
-			err = decodeText(raw, &h.Device)
+			h.Device, err = r.text()
 		case LabelSeq:
 			have |= hSeq
-			err = decodeUint(raw, &h.Seq)
+			h.Seq, err = r.uint()
 		case LabelTime:
 			have |= hTime
 			var ms uint64
-			if err = decodeUint(raw, &ms); err == nil {
+			if ms, err = r.uint(); err == nil {
 				if ms > math.MaxInt64/2 {
-					err = errors.New("timestamp out of range")
+					err = malformed("timestamp out of range")
 				}
 				h.Time = time.UnixMilli(int64(ms))
 			}
 		case LabelSchema:
 			have |= hSchema
-			err = decodeText(raw, &h.SchemaID)
+			h.SchemaID, err = r.text()
 		case LabelSchemaVer:
 			have |= hSchemaVer
 			var v uint64
-			if err = decodeUint(raw, &v); err == nil && v > math.MaxUint32 {
-				err = errors.New("schema version out of range")
+			if v, err = r.uint(); err == nil && v > math.MaxUint32 {
+				err = malformed("schema version out of range")
 			}
 			h.SchemaVersion = uint32(v)
 		case LabelEpoch:
 			have |= hEpoch
-			err = decodeUint(raw, &h.Epoch)
+			h.Epoch, err = r.uint()
+		default:
+			err = r.skip(1)
 		}
 		if err != nil {
-			return fmt.Errorf("%w: header %d: %v", ErrMalformed, label, err)
+			return fmt.Errorf("header %d: %w", label, err)
 		}
 	}
+	if r.i != len(r.b) {
+		return malformed("data after the protected header map")
+	}
 	if have&hRequired != hRequired {
-		return fmt.Errorf("%w: protected header lacks alg, device, seq, time, schema or schema version", ErrMalformed)
+		return malformed("protected header lacks alg, device, seq, time, schema or schema version")
 	}
 	switch e.Kind {
 	case KindSign1:
 		if e.Alg != AlgES256 && e.Alg != AlgEdDSA {
-			return fmt.Errorf("%w: COSE_Sign1 algorithm %d is not ES256 or EdDSA", ErrMalformed, e.Alg)
+			return malformed("COSE_Sign1 algorithm %d is not ES256 or EdDSA", e.Alg)
 		}
 		if have&hKeyID == 0 || have&hEpoch != 0 {
-			return fmt.Errorf("%w: COSE_Sign1 needs a key ID and no epoch", ErrMalformed)
+			return malformed("COSE_Sign1 needs a key ID and no epoch")
 		}
 	case KindMac0:
 		if e.Alg != AlgHMAC256 {
-			return fmt.Errorf("%w: COSE_Mac0 algorithm %d is not HMAC 256/256", ErrMalformed, e.Alg)
+			return malformed("COSE_Mac0 algorithm %d is not HMAC 256/256", e.Alg)
 		}
 		if have&hEpoch == 0 || have&hKeyID != 0 {
-			return fmt.Errorf("%w: COSE_Mac0 needs an epoch and no key ID", ErrMalformed)
+			return malformed("COSE_Mac0 needs an epoch and no key ID")
 		}
 	}
 	return h.check(e.Kind)
 }
 
-func decodeUint(raw cbor.RawMessage, v *uint64) error {
-	if len(raw) == 0 || raw[0]>>5 != 0 {
-		return errors.New("not an unsigned integer")
+// crit reads the crit header: a non-empty array of labels that must all be
+// ones Ward processes (RFC 9052 §3.1).
+func (r *cborReader) crit() error {
+	m, n, err := r.head()
+	if err != nil {
+		return err
 	}
-	return strictDec.Unmarshal(raw, v)
-}
-
-func decodeText(raw cbor.RawMessage, v *string) error {
-	if len(raw) == 0 || raw[0]>>5 != 3 {
-		return errors.New("not a text string")
+	if m != 4 || n == 0 || n > maxHeaderPairs {
+		return malformed("crit must be a non-empty array of labels")
 	}
-	return strictDec.Unmarshal(raw, v)
-}
-
-func decodeBstr(raw cbor.RawMessage, v *[]byte) error {
-	if len(raw) == 0 || raw[0]>>5 != 2 {
-		return errors.New("not a byte string")
-	}
-	b, rest, err := readBstr(raw)
-	if err != nil || len(rest) != 0 {
-		return errors.New("bad byte string")
-	}
-	*v = b
-	return nil
-}
-
-// knownLabels are the labels this package understands and so may appear in
-// crit (RFC 9052 §3.1: a recipient must reject crit labels it does not
-// process).
-var knownLabels = map[int64]bool{
-	LabelAlg: true, LabelKeyID: true, LabelDevice: true, LabelSeq: true,
-	LabelTime: true, LabelSchema: true, LabelSchemaVer: true, LabelEpoch: true,
-}
-
-func checkCrit(raw cbor.RawMessage) error {
-	var labels []any
-	if err := strictDec.Unmarshal(raw, &labels); err != nil {
-		return fmt.Errorf("crit: %v", err)
-	}
-	if len(labels) == 0 {
-		return errors.New("crit must not be empty")
-	}
-	for _, l := range labels {
-		i, ok := l.(int64)
-		if !ok || !knownLabels[i] {
-			return fmt.Errorf("critical header %v is not understood", l)
+	for range n {
+		l, err := r.int()
+		if err != nil {
+			return malformed("critical header label is not understood")
+		}
+		switch l {
+		case LabelAlg, LabelKeyID, LabelDevice, LabelSeq, LabelTime, LabelSchema, LabelSchemaVer, LabelEpoch:
+		default:
+			return malformed("critical header %d is not understood", l)
 		}
 	}
 	return nil
