@@ -3,8 +3,10 @@ package telemetry
 import (
 	"context"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"github.com/wardiot/ward/internal/strictjson"
 	"testing"
 	"time"
@@ -103,4 +105,29 @@ func BenchmarkParts(b *testing.B) {
 			g.check(k, uint64(i+1), time.Unix(10, 0))
 		}
 	})
+}
+
+// The baselines measure the bare signature check on the same machine and
+// run, so the Verifier's own overhead can be read off on a loaded host.
+func BenchmarkBaselineEd25519Verify(b *testing.B) {
+	f := newFixture(b)
+	msg := make([]byte, 120)
+	sig := ed25519.Sign(f.ed, msg)
+	pub := f.ed.Public().(ed25519.PublicKey)
+	for i := 0; i < b.N; i++ {
+		if !ed25519.Verify(pub, msg, sig) {
+			b.Fatal("bad signature")
+		}
+	}
+}
+
+func BenchmarkBaselineES256Verify(b *testing.B) {
+	ec, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	d := sha256.Sum256(make([]byte, 120))
+	sig, _ := ecdsa.SignASN1(rand.Reader, ec, d[:])
+	for i := 0; i < b.N; i++ {
+		if !ecdsa.VerifyASN1(&ec.PublicKey, d[:], sig) {
+			b.Fatal("bad signature")
+		}
+	}
 }

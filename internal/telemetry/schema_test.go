@@ -175,3 +175,28 @@ func TestSplitAndRedact(t *testing.T) {
 		t.Fatalf("plain split: %s %v %v", pub, sealed, err)
 	}
 }
+
+func TestMessageWithoutSchemaRevealsNothing(t *testing.T) {
+	m := &Message{Payload: json.RawMessage(`{"owner":"alice"}`)}
+	if got := string(m.Redacted()); got != "null" {
+		t.Fatalf("Redacted() = %s", got)
+	}
+	if _, _, err := m.SplitConfidential(&fakeSealer{}, nil); err == nil {
+		t.Fatal("split without schema succeeded")
+	}
+}
+
+func TestMessageSplitConfidential(t *testing.T) {
+	f := newFixture(t)
+	m, err := f.verify(f.sign(f.header(), `{"temp":3,"owner":"alice"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, sealed, err := m.SplitConfidential(&fakeSealer{}, []byte("aad"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(pub) != `{"temp":3}` || string(sealed) != `sealed:[{"p":"/owner","v":"alice"}]` {
+		t.Fatalf("split %s / %s", pub, sealed)
+	}
+}

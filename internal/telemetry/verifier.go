@@ -133,8 +133,14 @@ type Message struct {
 
 // Redacted returns the payload without confidential fields, for logs and
 // for sinks that must not see them.
+//
+// A Message that did not come from [Verifier.Verify] has no schema, so its
+// classifications are unknown and Redacted returns JSON null.
 func (m *Message) Redacted() json.RawMessage {
-	if m.schema == nil || !m.schema.hasConfidential {
+	if m.schema == nil {
+		return json.RawMessage("null")
+	}
+	if !m.schema.hasConfidential {
 		return m.Payload
 	}
 	v, keep := split(m.value, m.schema.doc, Internal, "", nil)
@@ -150,6 +156,9 @@ func (m *Message) Redacted() json.RawMessage {
 
 // SplitConfidential is [Schema.Split] for this message's payload.
 func (m *Message) SplitConfidential(s Sealer, aad []byte) (public json.RawMessage, sealed []byte, err error) {
+	if m.schema == nil {
+		return nil, nil, errors.New("message has no schema: only verified messages can be split")
+	}
 	return m.schema.split(m.value, m.Payload, s, aad)
 }
 
