@@ -12,8 +12,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"math"
 	"slices"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -280,20 +282,63 @@ func sigStructure(prot, payload []byte) []byte {
 	return append(b, payload...)
 }
 
-// mac0Tag computes HMAC-SHA256 over MAC_structure (RFC 9052 §6.3):
-// ["MAC0", protected, external_aad = h”, payload]. The structure is fed to
-// the HMAC piecewise so the payload is never copied.
+// mac0Tag computes HMAC-SHA256 (RFC 2104) over MAC_structure (RFC 9052
+// §6.3): ["MAC0", protected, external_aad = h”, payload]. The structure
+// is fed piecewise so the payload is never copied, and the SHA-256 states
+// come from a pool: crypto/hmac allocates a fresh pair per call, which
+// showed up on the ingest hot path.
 func mac0Tag(key, prot, payload []byte) []byte {
-	m := hmac.New(sha256.New, key)
-	var hd [9]byte
-	m.Write([]byte{0x84, 0x64, 'M', 'A', 'C', '0'})
-	m.Write(appendHead(hd[:0], 2, uint64(len(prot))))
-	m.Write(prot)
-	m.Write([]byte{0x40})
-	m.Write(appendHead(hd[:0], 2, uint64(len(payload))))
-	m.Write(payload)
-	return m.Sum(nil)
+	const block = sha256.BlockSize
+	st := macPool.Get().(*macState)
+	defer macPool.Put(st)
+	k := &st.key
+	if len(key) > block {
+		sum := sha256.Sum256(key)
+		*k = [block]byte{}
+		copy(k[:], sum[:])
+	} else {
+		*k = [block]byte{}
+		copy(k[:], key)
+	}
+	for i := range st.pad {
+		st.pad[i] = k[i] ^ 0x36
+	}
+	h := st.h
+	h.Reset()
+	h.Write(st.pad[:])
+	h.Write(mac0Prefix)
+	h.Write(appendHead(st.hd[:0], 2, uint64(len(prot))))
+	h.Write(prot)
+	h.Write(emptyBstr)
+	h.Write(appendHead(st.hd[:0], 2, uint64(len(payload))))
+	h.Write(payload)
+	inner := h.Sum(st.inner[:0])
+	for i := range st.pad {
+		st.pad[i] = k[i] ^ 0x5c
+	}
+	h.Reset()
+	h.Write(st.pad[:])
+	h.Write(inner)
+	clear(k[:])
+	clear(st.pad[:])
+	return h.Sum(make([]byte, 0, sha256.Size))
 }
+
+// macState is the scratch space of one HMAC computation; pooled so that
+// nothing on the hot path escapes to the heap but the result.
+type macState struct {
+	h     hash.Hash
+	key   [sha256.BlockSize]byte
+	pad   [sha256.BlockSize]byte
+	hd    [9]byte
+	inner [sha256.Size]byte
+}
+
+var (
+	macPool    = sync.Pool{New: func() any { return &macState{h: sha256.New()} }}
+	mac0Prefix = []byte{0x84, 0x64, 'M', 'A', 'C', '0'} // array(4), "MAC0"
+	emptyBstr  = []byte{0x40}                           // external_aad h''
+)
 
 func encodeMessage(tag byte, prot, payload, sigOrMac []byte) []byte {
 	b := make([]byte, 0, 16+len(prot)+len(payload)+len(sigOrMac))
