@@ -77,6 +77,13 @@ type Options struct {
 	MaxFuture        time.Duration
 	EpochGrace       time.Duration
 	MaxReplayDevices int
+	// ReplayFloor: a device with no replay state in this process is
+	// accepted only for messages timestamped after it. The default, the
+	// verifier's start, refuses messages a previous process may already
+	// have accepted, at the price of refusing data buffered across a server
+	// restart. Set it earlier only where the replay state is restored or a
+	// replay within MaxAge after a restart is acceptable.
+	ReplayFloor time.Time
 }
 
 // Verifier checks telemetry envelopes at ingest. It is safe for concurrent
@@ -88,9 +95,9 @@ type Verifier struct {
 	replay  *replayGuard
 }
 
-// NewVerifier returns a verifier. Replay state starts empty, so messages
-// timestamped before the verifier was created are refused as stale: they may
-// have been accepted by a previous process.
+// NewVerifier returns a verifier. Replay state starts empty, so by default
+// messages timestamped before the verifier was created are refused as
+// stale (see [Options.ReplayFloor]).
 func NewVerifier(keys Keys, schemas Schemas, opts Options) *Verifier {
 	if opts.Clock == nil {
 		opts.Clock = time.Now
@@ -107,7 +114,10 @@ func NewVerifier(keys Keys, schemas Schemas, opts Options) *Verifier {
 	if opts.MaxReplayDevices <= 0 {
 		opts.MaxReplayDevices = DefaultMaxReplayDevices
 	}
-	return &Verifier{keys: keys, schemas: schemas, opts: opts, replay: newReplayGuard(opts.MaxReplayDevices, opts.Clock())}
+	if opts.ReplayFloor.IsZero() {
+		opts.ReplayFloor = opts.Clock()
+	}
+	return &Verifier{keys: keys, schemas: schemas, opts: opts, replay: newReplayGuard(opts.MaxReplayDevices, opts.ReplayFloor)}
 }
 
 // Message is a verified telemetry message.

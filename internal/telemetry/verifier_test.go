@@ -454,3 +454,13 @@ func FuzzValidateAndRedact(f *testing.F) {
 }
 
 var _ crypto.Signer = ed25519.PrivateKey(nil)
+
+func TestReplayFloorOption(t *testing.T) {
+	f := newFixture(t)
+	f.v = NewVerifier(f.keys, f.reg, Options{Clock: f.clock.Now, ReplayFloor: f.clock.Now().Add(-time.Hour)})
+	h := f.header()
+	h.Time = h.Time.Add(-30 * time.Minute) // buffered across a restart
+	if _, err := f.verify(f.sign(h, `{"temp":1}`)); err != nil {
+		t.Fatalf("message after an explicit floor refused: %v", err)
+	}
+}

@@ -283,6 +283,11 @@ func (t *Twin) DeltaMessage() (*wire.TwinDelta, error) {
 	return &wire.TwinDelta{Twin: t.Name, DesiredVersion: t.Desired.Version, ReportedVersion: t.Reported.Version, Delta: d}, nil
 }
 
+// DesiredMessage returns the full desired section as sent to the device.
+func (t *Twin) DesiredMessage() *wire.TwinDesired {
+	return &wire.TwinDesired{Twin: t.Name, Version: t.Desired.Version, Desired: t.Desired.Doc}
+}
+
 func diff(desired, reported map[string]any) map[string]any {
 	out := map[string]any{}
 	for k, dv := range desired {

@@ -220,6 +220,9 @@ func TestOfflineDeviceGetsOneCombinedDelta(t *testing.T) {
 	if err != nil || msg.DesiredVersion != 4 || msg.ReportedVersion != 1 || string(msg.Delta) != want {
 		t.Fatalf("delta message %+v %v", msg, err)
 	}
+	if dm := tw.DesiredMessage(); dm.Version != 4 || dm.Twin != "default" {
+		t.Fatalf("desired message %+v", dm)
+	}
 	// The device applies the delta as a merge patch and reports: in sync.
 	dec := decode(t, string(tw.Reported.Doc))
 	applied, _ := json.Marshal(MergePatch(dec, decode(t, string(d))))
