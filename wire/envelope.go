@@ -93,6 +93,7 @@ const (
 	KindMac0  Kind = 2 // COSE_Mac0 with an epoch key
 )
 
+// String returns the COSE structure name, for logs.
 func (k Kind) String() string {
 	switch k {
 	case KindSign1:

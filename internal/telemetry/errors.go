@@ -31,6 +31,7 @@ type Error struct {
 	Err    error // underlying cause, may be nil
 }
 
+// Error returns the reason and detail; both are safe to log.
 func (e *Error) Error() string {
 	if e.Detail == "" {
 		return "telemetry rejected: " + string(e.Reason)
@@ -38,6 +39,7 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("telemetry rejected: %s: %s", e.Reason, e.Detail)
 }
 
+// Unwrap returns the underlying cause, e.g. a wire parse error.
 func (e *Error) Unwrap() error { return e.Err }
 
 func reject(r Reason, err error, format string, args ...any) *Error {

@@ -44,6 +44,7 @@ const (
 
 const classificationKeyword = "x-ward-classification"
 
+// String returns the keyword value: public, internal or confidential.
 func (c Classification) String() string {
 	return [...]string{"public", "internal", "confidential"}[c]
 }
