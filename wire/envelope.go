@@ -434,7 +434,7 @@ type cborReader struct {
 	i int
 }
 
-func malformed(format string, args ...any) error {
+func malformedCOSE(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrMalformed, fmt.Sprintf(format, args...))
 }
 
@@ -442,7 +442,7 @@ func malformed(format string, args ...any) error {
 // refuses indefinite lengths, reserved values and non-shortest arguments.
 func (r *cborReader) head() (major byte, arg uint64, err error) {
 	if r.i >= len(r.b) {
-		return 0, 0, malformed("truncated CBOR")
+		return 0, 0, malformedCOSE("truncated CBOR")
 	}
 	ib := r.b[r.i]
 	major, ai := ib>>5, ib&0x1f
@@ -460,10 +460,10 @@ func (r *cborReader) head() (major byte, arg uint64, err error) {
 	case ai == 27:
 		n = 8
 	default:
-		return 0, 0, malformed("indefinite-length or reserved CBOR item")
+		return 0, 0, malformedCOSE("indefinite-length or reserved CBOR item")
 	}
 	if len(r.b)-r.i < n {
-		return 0, 0, malformed("truncated CBOR")
+		return 0, 0, malformedCOSE("truncated CBOR")
 	}
 	for _, c := range r.b[r.i : r.i+n] {
 		arg = arg<<8 | uint64(c)
@@ -473,7 +473,7 @@ func (r *cborReader) head() (major byte, arg uint64, err error) {
 		return major, arg, nil // floats keep their width
 	}
 	if (n == 1 && arg < 24) || (n == 2 && arg <= math.MaxUint8) || (n == 4 && arg <= math.MaxUint16) || (n == 8 && arg <= math.MaxUint32) {
-		return 0, 0, malformed("non-shortest CBOR encoding")
+		return 0, 0, malformedCOSE("non-shortest CBOR encoding")
 	}
 	return major, arg, nil
 }
@@ -481,7 +481,7 @@ func (r *cborReader) head() (major byte, arg uint64, err error) {
 // payloadOf reads the content of a byte or text string of length n.
 func (r *cborReader) payloadOf(n uint64) ([]byte, error) {
 	if n > uint64(len(r.b)-r.i) {
-		return nil, malformed("truncated CBOR string")
+		return nil, malformedCOSE("truncated CBOR string")
 	}
 	v := r.b[r.i : r.i+int(n)]
 	r.i += int(n)
@@ -494,7 +494,7 @@ func (r *cborReader) bytes() ([]byte, error) {
 		return nil, err
 	}
 	if m != 2 {
-		return nil, malformed("expected a byte string")
+		return nil, malformedCOSE("expected a byte string")
 	}
 	return r.payloadOf(n)
 }
@@ -505,14 +505,14 @@ func (r *cborReader) text() (string, error) {
 		return "", err
 	}
 	if m != 3 {
-		return "", malformed("expected a text string")
+		return "", malformedCOSE("expected a text string")
 	}
 	v, err := r.payloadOf(n)
 	if err != nil {
 		return "", err
 	}
 	if !utf8.Valid(v) {
-		return "", malformed("invalid UTF-8 in text string")
+		return "", malformedCOSE("invalid UTF-8 in text string")
 	}
 	return string(v), nil
 }
@@ -523,7 +523,7 @@ func (r *cborReader) uint() (uint64, error) {
 		return 0, err
 	}
 	if m != 0 {
-		return 0, malformed("expected an unsigned integer")
+		return 0, malformedCOSE("expected an unsigned integer")
 	}
 	return n, nil
 }
@@ -535,7 +535,7 @@ func (r *cborReader) int() (int64, error) {
 		return 0, err
 	}
 	if (m != 0 && m != 1) || n > math.MaxInt64 {
-		return 0, malformed("expected an integer in int64 range")
+		return 0, malformedCOSE("expected an integer in int64 range")
 	}
 	if m == 1 {
 		return -1 - int64(n), nil
@@ -546,7 +546,7 @@ func (r *cborReader) int() (int64, error) {
 // skip steps over one well-formed item (no tags).
 func (r *cborReader) skip(depth int) error {
 	if depth > maxSkipDepth {
-		return malformed("header value nested too deeply")
+		return malformedCOSE("header value nested too deeply")
 	}
 	start := r.i
 	m, n, err := r.head()
@@ -565,7 +565,7 @@ func (r *cborReader) skip(depth int) error {
 		return err
 	case 4, 5:
 		if n > maxHeaderPairs {
-			return malformed("header value too large")
+			return malformedCOSE("header value too large")
 		}
 		if m == 5 {
 			n *= 2
@@ -577,12 +577,12 @@ func (r *cborReader) skip(depth int) error {
 		}
 		return nil
 	case 6:
-		return malformed("CBOR tags are not allowed in headers")
+		return malformedCOSE("CBOR tags are not allowed in headers")
 	}
 	// Major 7: simple values and floats. One-byte simple values below 32
 	// are not well-formed (RFC 8949 §3.3).
 	if r.b[start]&0x1f == 24 && n < 32 {
-		return malformed("bad CBOR simple value")
+		return malformedCOSE("bad CBOR simple value")
 	}
 	return nil
 }
@@ -597,7 +597,7 @@ func (e *Envelope) parseProtected() error {
 		return err
 	}
 	if m != 5 || pairs > maxHeaderPairs {
-		return malformed("protected header must be a map of at most %d entries", maxHeaderPairs)
+		return malformedCOSE("protected header must be a map of at most %d entries", maxHeaderPairs)
 	}
 	const (
 		hAlg = 1 << iota
@@ -616,7 +616,7 @@ func (e *Envelope) parseProtected() error {
 	h := &e.Header
 	for p := range int(pairs) {
 		if r.i >= len(r.b) {
-			return malformed("truncated protected header")
+			return malformedCOSE("truncated protected header")
 		}
 		if r.b[r.i]>>5 == 3 {
 			// Text labels are legal COSE but Ward defines none; unless crit
@@ -626,7 +626,7 @@ func (e *Envelope) parseProtected() error {
 				return err
 			}
 			if slices.Contains(seenText, t) {
-				return malformed("duplicate header label")
+				return malformedCOSE("duplicate header label")
 			}
 			seenText = append(seenText, t)
 			if err := r.skip(1); err != nil {
@@ -636,10 +636,10 @@ func (e *Envelope) parseProtected() error {
 		}
 		label, err := r.int()
 		if err != nil {
-			return malformed("header label must be an integer or text")
+			return malformedCOSE("header label must be an integer or text")
 		}
 		if slices.Contains(seen[:p], label) {
-			return malformed("duplicate header label %d", label)
+			return malformedCOSE("duplicate header label %d", label)
 		}
 		seen[p] = label
 		switch label {
@@ -662,7 +662,7 @@ func (e *Envelope) parseProtected() error {
 			var ms uint64
 			if ms, err = r.uint(); err == nil {
 				if ms > math.MaxInt64/2 {
-					err = malformed("timestamp out of range")
+					err = malformedCOSE("timestamp out of range")
 				}
 				h.Time = time.UnixMilli(int64(ms))
 			}
@@ -673,7 +673,7 @@ func (e *Envelope) parseProtected() error {
 			have |= hSchemaVer
 			var v uint64
 			if v, err = r.uint(); err == nil && v > math.MaxUint32 {
-				err = malformed("schema version out of range")
+				err = malformedCOSE("schema version out of range")
 			}
 			h.SchemaVersion = uint32(v)
 		case LabelEpoch:
@@ -687,25 +687,25 @@ func (e *Envelope) parseProtected() error {
 		}
 	}
 	if r.i != len(r.b) {
-		return malformed("data after the protected header map")
+		return malformedCOSE("data after the protected header map")
 	}
 	if have&hRequired != hRequired {
-		return malformed("protected header lacks alg, device, seq, time, schema or schema version")
+		return malformedCOSE("protected header lacks alg, device, seq, time, schema or schema version")
 	}
 	switch e.Kind {
 	case KindSign1:
 		if e.Alg != AlgES256 && e.Alg != AlgEdDSA {
-			return malformed("COSE_Sign1 algorithm %d is not ES256 or EdDSA", e.Alg)
+			return malformedCOSE("COSE_Sign1 algorithm %d is not ES256 or EdDSA", e.Alg)
 		}
 		if have&hKeyID == 0 || have&hEpoch != 0 {
-			return malformed("COSE_Sign1 needs a key ID and no epoch")
+			return malformedCOSE("COSE_Sign1 needs a key ID and no epoch")
 		}
 	case KindMac0:
 		if e.Alg != AlgHMAC256 {
-			return malformed("COSE_Mac0 algorithm %d is not HMAC 256/256", e.Alg)
+			return malformedCOSE("COSE_Mac0 algorithm %d is not HMAC 256/256", e.Alg)
 		}
 		if have&hEpoch == 0 || have&hKeyID != 0 {
-			return malformed("COSE_Mac0 needs an epoch and no key ID")
+			return malformedCOSE("COSE_Mac0 needs an epoch and no key ID")
 		}
 	}
 	return h.check(e.Kind)
@@ -719,17 +719,17 @@ func (r *cborReader) crit() error {
 		return err
 	}
 	if m != 4 || n == 0 || n > maxHeaderPairs {
-		return malformed("crit must be a non-empty array of labels")
+		return malformedCOSE("crit must be a non-empty array of labels")
 	}
 	for range n {
 		l, err := r.int()
 		if err != nil {
-			return malformed("critical header label is not understood")
+			return malformedCOSE("critical header label is not understood")
 		}
 		switch l {
 		case LabelAlg, LabelKeyID, LabelDevice, LabelSeq, LabelTime, LabelSchema, LabelSchemaVer, LabelEpoch:
 		default:
-			return malformed("critical header %d is not understood", l)
+			return malformedCOSE("critical header %d is not understood", l)
 		}
 	}
 	return nil
