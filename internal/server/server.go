@@ -19,12 +19,14 @@ import (
 	"github.com/wardiot/ward/internal/api"
 	"github.com/wardiot/ward/internal/audit"
 	"github.com/wardiot/ward/internal/config"
+	"github.com/wardiot/ward/internal/est"
 	"github.com/wardiot/ward/internal/pki"
 	"github.com/wardiot/ward/internal/pki/pkcs11"
 	"github.com/wardiot/ward/internal/store"
 	"github.com/wardiot/ward/internal/store/postgres"
 	"github.com/wardiot/ward/internal/store/sqlite"
 	"github.com/wardiot/ward/internal/tenant"
+	"github.com/wardiot/ward/wire"
 )
 
 // Server is a running Ward server.
@@ -40,6 +42,7 @@ type Server struct {
 	Tokens  *tenant.Tokens
 	API     *api.API
 	PKI     *pki.Authority
+	EST     *est.Handler
 	hsm     *pkcs11.Manager
 	baseURL string
 	cancel  context.CancelFunc
@@ -107,6 +110,16 @@ func (s *Server) open(ctx context.Context) error {
 	s.Tenants = tenant.NewService(s.store, s.kek, s.now)
 	s.Tokens = tenant.NewTokens(s.store, s.now)
 	if err := s.openPKI(ctx); err != nil {
+		return err
+	}
+	s.EST, err = est.New(&estCA{s: s}, est.WithObserver(func(ev est.Event) {
+		if ev.Status >= 500 {
+			s.log.Error("est request failed", "op", ev.Op, "label", ev.Label, "remote", ev.RemoteAddr, "status", ev.Status, "err", ev.Err)
+			return
+		}
+		s.log.Debug("est request", "op", ev.Op, "label", ev.Label, "remote", ev.RemoteAddr, "status", ev.Status)
+	}))
+	if err != nil {
 		return err
 	}
 	s.API = api.New(api.Deps{Store: s.store, Tenants: s.Tenants, Tokens: s.Tokens, PKI: s.PKI, CAKeys: s.caKeys, Log: s.log, Now: s.now})
@@ -250,6 +263,10 @@ func (s *Server) Start(ctx context.Context) error {
 	tc := TLSConfig()
 	tc.Certificates = []tls.Certificate{*cert}
 	tc.NextProtos = []string{"h2", "http/1.1"}
+	// EST re-enrollment authenticates with the device certificate: ask
+	// for one (never require it: API clients and first enrollments have
+	// none). The EST CA verifies the chain itself.
+	est.ConfigureTLS(tc)
 
 	apiLn, httpLn := s.apiLn, s.httpLn
 	s.serveErr = make(chan error, 2)
@@ -259,6 +276,7 @@ func (s *Server) Start(ctx context.Context) error {
 
 	mux := http.NewServeMux()
 	mux.Handle("/api/v1/", s.API.Handler())
+	mux.Handle(wire.ESTPrefix, s.EST)
 	apiSrv := &http.Server{
 		Handler:           s.accessLog(mux),
 		TLSConfig:         tc,
