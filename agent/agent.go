@@ -28,7 +28,8 @@ const (
 	// RenewJitterFraction bounds the random delay added to the renewal
 	// time, as a fraction of the lifetime.
 	RenewJitterFraction = 0.05
-	// RenewBackoffMin is the first retry delay after a failed renewal.
+	// RenewBackoffMin is the base of the retry delay: the first retry
+	// after a failed renewal comes within RenewBackoffMin.
 	RenewBackoffMin = 30 * time.Second
 	// RenewBackoffMax caps the retry delay, so that a device whose server
 	// was down for a day tries again within the hour it comes back.
@@ -317,9 +318,9 @@ func (a *Agent) randDuration(d time.Duration) time.Duration {
 
 // backoff returns the wait before retry number n (n >= 1) of a failed
 // renewal: exponential from RenewBackoffMin, capped at RenewBackoffMax,
-// with "equal jitter" (half fixed, half random), so that waits never
-// shrink from one attempt to the next yet a fleet that failed together
-// spreads out. Near expiry the wait is also capped at a quarter of the
+// with "equal jitter" (half fixed, half random), so that waits do not
+// shrink from one attempt to the next below the cap, yet a fleet that
+// failed together spreads out. Near expiry the wait is also capped at a quarter of the
 // remaining lifetime, so the last hours are not slept through.
 func (a *Agent) backoff(n int, notAfter, now time.Time) time.Duration {
 	d := RenewBackoffMax
