@@ -6,3 +6,6 @@ func SetStepHook(a *Agent, f func(step string)) { a.hook = f }
 
 // ParseRetryAfter exposes parseRetryAfter to tests.
 var ParseRetryAfter = parseRetryAfter
+
+// KeyNameForTest is the keystore name of a generation's key.
+var KeyNameForTest = keyName
