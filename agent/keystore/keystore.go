@@ -21,11 +21,15 @@ type Keystore interface {
 	// Load returns the key called name, or an error wrapping [ErrNotFound].
 	Load(ctx context.Context, name string) (Key, error)
 	// Delete destroys the key called name, or returns an error wrapping
-	// [ErrNotFound]. Keys previously returned for that name stop working.
+	// [ErrNotFound]. Keys previously returned for that name must not be
+	// used again: the pkcs11 and tpm backends make them fail, the file
+	// backend cannot recall key material already in memory.
 	Delete(ctx context.Context, name string) error
 	// Kind reports the backend: "file", "pkcs11" or "tpm".
 	Kind() string
-	// Close releases the backend (token session, TPM connection).
+	// Close releases the backend (token session, TPM connection, loaded
+	// TPM objects). Afterwards every method, and Sign on its keys, fails
+	// with [ErrClosed].
 	Close() error
 }
 

@@ -35,7 +35,7 @@ type backend struct {
 	open          func(t *testing.T) Keystore
 }
 
-func mustOpen(t *testing.T, spec string, opts ...Option) Keystore {
+func mustOpen(t testing.TB, spec string, opts ...Option) Keystore {
 	t.Helper()
 	ks, err := Open(spec, opts...)
 	if err != nil {
@@ -66,6 +66,9 @@ func sealedFileBackend(t *testing.T) backend {
 }
 
 func pkcs11Backend(t *testing.T) backend {
+	if !haveCgo {
+		peertest.Missing(t, "the pkcs11 backend needs cgo; this test binary was built with CGO_ENABLED=0")
+	}
 	tok := softhsmtest.New(t, "ward-test")
 	return backend{
 		name:          "pkcs11",
@@ -277,6 +280,42 @@ func runConformance(t *testing.T, b backend) {
 			t.Fatal("surviving key changed")
 		}
 		signVerify(t, next)
+	})
+
+	t.Run("ok/concurrent-sign", func(t *testing.T) {
+		ks := b.open(t)
+		var keys []Key
+		for _, n := range []string{"conc-1", "conc-2"} {
+			k, err := ks.Generate(ctx, n, ECDSAP256)
+			if err != nil {
+				t.Fatal(err)
+			}
+			keys = append(keys, k)
+		}
+		errs := make(chan error, 8)
+		for i := range 8 {
+			go func() {
+				k := keys[i%2]
+				d := sha256.Sum256([]byte{byte(i)})
+				for range 5 {
+					sig, err := k.Sign(rand.Reader, d[:], crypto.SHA256)
+					if err != nil {
+						errs <- err
+						return
+					}
+					if !ecdsa.VerifyASN1(k.Public().(*ecdsa.PublicKey), d[:], sig) {
+						errs <- errors.New("bad signature under concurrency")
+						return
+					}
+				}
+				errs <- nil
+			}()
+		}
+		for range 8 {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
 	})
 
 	t.Run("fail/load-missing", func(t *testing.T) {

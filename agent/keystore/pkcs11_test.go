@@ -18,6 +18,8 @@ import (
 	"github.com/wardiot/ward/agent/keystore/softhsmtest"
 )
 
+const haveCgo = true
+
 // TestPKCS11KeyIsNonExtractable proves the private key cannot be read out
 // of the token: it is sensitive and never extractable as seen by crypto11
 // and by OpenSC's pkcs11-tool, and asking the token for its value fails.

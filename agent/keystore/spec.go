@@ -49,21 +49,27 @@ func (s Spec) String() string {
 	case KindPKCS11:
 		var b strings.Builder
 		b.WriteString("pkcs11:module=")
-		b.WriteString(url.PathEscape(s.Module))
+		b.WriteString(escapeAttr(s.Module))
 		b.WriteString(";token=")
-		b.WriteString(url.PathEscape(s.Token))
+		b.WriteString(escapeAttr(s.Token))
 		if s.PIN != "" {
 			b.WriteString(";pin=REDACTED")
 		}
 		if s.PINSource != "" {
 			b.WriteString(";pin-source=")
-			b.WriteString(url.PathEscape(s.PINSource))
+			b.WriteString(escapeAttr(s.PINSource))
 		}
 		return b.String()
 	default:
 		return s.Kind + ":" + s.Path
 	}
 }
+
+// attrEscaper percent-encodes only what would change how a pkcs11 spec
+// splits, so paths stay readable in logs.
+var attrEscaper = strings.NewReplacer("%", "%25", ";", "%3B", "?", "%3F", "&", "%26", "=", "%3D")
+
+func escapeAttr(s string) string { return attrEscaper.Replace(s) }
 
 // ParseSpec parses a keystore spec:
 //
@@ -127,17 +133,19 @@ func parsePKCS11Spec(rest string) (Spec, error) {
 		attrs = append(attrs, strings.Split(query, "&")...)
 	}
 	seen := map[string]bool{}
-	for _, a := range attrs {
+	// Errors name attributes by position, never by content: a PIN typed
+	// in the wrong place must not end up in a log.
+	for i, a := range attrs {
 		if a == "" {
 			continue
 		}
 		k, raw, ok := strings.Cut(a, "=")
 		if !ok {
-			return Spec{}, fmt.Errorf("%w: pkcs11 attribute %q has no '='", ErrInvalidSpec, truncate(a, 32))
+			return Spec{}, fmt.Errorf("%w: pkcs11 attribute #%d has no '='", ErrInvalidSpec, i+1)
 		}
 		v, err := url.PathUnescape(raw)
-		if err != nil {
-			return Spec{}, fmt.Errorf("%w: pkcs11 attribute %q has a bad percent-encoding", ErrInvalidSpec, truncate(k, 32))
+		if err != nil || strings.IndexByte(v, 0) >= 0 {
+			return Spec{}, fmt.Errorf("%w: pkcs11 attribute #%d has a bad percent-encoding", ErrInvalidSpec, i+1)
 		}
 		var dst *string
 		switch k {
@@ -150,7 +158,7 @@ func parsePKCS11Spec(rest string) (Spec, error) {
 		case "pin-source":
 			dst = &s.PINSource
 		default:
-			return Spec{}, fmt.Errorf("%w: unknown pkcs11 attribute %q (want module, token, pin or pin-source)", ErrInvalidSpec, truncate(k, 32))
+			return Spec{}, fmt.Errorf("%w: pkcs11 attribute #%d is not one of module, token, pin, pin-source", ErrInvalidSpec, i+1)
 		}
 		if seen[k] {
 			return Spec{}, fmt.Errorf("%w: pkcs11 attribute %q given twice", ErrInvalidSpec, k)

@@ -174,6 +174,9 @@ func (s *tpmStore) Generate(ctx context.Context, name string, alg Algorithm) (Ke
 		ParentHandle: s.primary,
 		InPublic:     tpm2.New2B(tmpl),
 	}.Execute(s.tpm)
+	if errors.Is(err, tpm2.TPMRCCurve) {
+		return nil, fmt.Errorf("%w: this TPM does not implement %v: %w", ErrUnsupportedAlgorithm, alg, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("keystore: TPM2_Create %v key: %w", alg, err)
 	}

@@ -10,9 +10,10 @@ import (
 )
 
 // The tpm backend stores each key in the "TSS2 PRIVATE KEY" format of
-// draft-bottomley-tpm2-keys, the format used by the
-// OpenSSL tpm2 provider, tpm2-tss-engine and the Linux kernel's trusted
-// keys, so other TPM tooling can load the same blobs.
+// draft-bottomley-tpm2-keys (the format of the OpenSSL tpm2 provider and
+// tpm2-tss-engine) rather than inventing one. Loading these files with
+// those tools is not tested here: they are not installed on the build
+// machines, and they may derive the owner primary from another template.
 //
 //	TPMKey ::= SEQUENCE {
 //	    type        OBJECT IDENTIFIER,     -- id-loadablekey
@@ -49,8 +50,13 @@ func parseTSS2Key(data []byte) (tss2Key, error) {
 	if block == nil || block.Type != pemTSS2Key {
 		return tss2Key{}, fmt.Errorf("not a %q PEM file", pemTSS2Key)
 	}
+	return parseTSS2DER(block.Bytes)
+}
+
+// parseTSS2DER parses and checks the DER body of a state file.
+func parseTSS2DER(der []byte) (tss2Key, error) {
 	var k tss2Key
-	rest, err := asn1.Unmarshal(block.Bytes, &k)
+	rest, err := asn1.Unmarshal(der, &k)
 	if err != nil {
 		return tss2Key{}, errors.New("malformed TSS2 key (policies and secrets are not supported)")
 	}

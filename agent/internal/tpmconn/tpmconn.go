@@ -71,9 +71,12 @@ func Open(path string) (transport.TPMCloser, error) {
 // TPM_RC_YIELDED or TPM_RC_TESTING are resubmitted. A TPM that has just
 // started runs algorithm self tests lazily and answers the first command
 // using an algorithm this way; go-tpm's tpm2 package does not retry.
-func Retrying(t transport.TPMCloser) transport.TPMCloser { return retrying{t} }
+func Retrying(t transport.TPMCloser) transport.TPMCloser { return retrying{t, time.Sleep} }
 
-type retrying struct{ transport.TPMCloser }
+type retrying struct {
+	transport.TPMCloser
+	sleep func(time.Duration) // injected so tests do not wait
+}
 
 func (r retrying) Send(cmd []byte) ([]byte, error) {
 	backoff := firstBackoff
@@ -84,7 +87,7 @@ func (r retrying) Send(cmd []byte) ([]byte, error) {
 		}
 		switch binary.BigEndian.Uint32(rsp[6:10]) {
 		case rcRetry, rcYielded, rcTesting:
-			time.Sleep(backoff)
+			r.sleep(backoff)
 			backoff *= 2
 		default:
 			return rsp, nil

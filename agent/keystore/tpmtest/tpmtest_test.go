@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/google/go-tpm/tpm2"
 
@@ -59,6 +60,7 @@ func TestManufacturedHasEKCertificate(t *testing.T) {
 	}
 	root := filepath.Join(sim.EKCADir, "swtpm-localca-rootca-cert.pem")
 	issuer := filepath.Join(sim.EKCADir, "issuercert.pem")
+	t.Logf("EK certificate valid from %v to %v; now %v", cert.NotBefore, cert.NotAfter, time.Now().UTC())
 	out, err := exec.Command(openssl, "verify", "-CAfile", root, "-untrusted", issuer, ekPEM).CombinedOutput()
 	if err != nil {
 		t.Fatalf("openssl verify EK certificate: %v\n%s", err, out)
