@@ -75,7 +75,23 @@ func openFile(dir string, o options) (*fileStore, error) {
 	if fi.Mode().Perm()&0o077 != 0 {
 		return nil, fmt.Errorf("%w: key directory %s has mode %04o; run chmod 700 on it", ErrInsecurePermissions, st.dir, fi.Mode().Perm())
 	}
+	st.removeStaging()
 	return st, nil
+}
+
+// removeStaging deletes staging files a crash left behind in the middle of
+// Generate. They may hold complete private keys that no name refers to;
+// nothing would ever load them, so they are only a liability. (One process
+// owns a key directory; a second one generating keys in it at the same time
+// could lose a staging file here.)
+func (st *fileStore) removeStaging() {
+	matches, _ := filepath.Glob(filepath.Join(st.dir, ".tmp-*"))
+	for _, m := range matches {
+		if fi, err := os.Lstat(m); err == nil && fi.Mode().IsRegular() {
+			_ = overwrite(m, fi.Size())
+			_ = os.Remove(m)
+		}
+	}
 }
 
 func (s *fileStore) Kind() string { return KindFile }

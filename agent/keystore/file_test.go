@@ -236,3 +236,26 @@ func TestFileDeleteOverwritesBeforeUnlink(t *testing.T) {
 		t.Fatal("Delete left the key bytes in place")
 	}
 }
+
+// TestFileOpenRemovesCrashStaging: a SIGKILL inside Generate can leave a
+// staging file holding a complete private key; Open deletes it.
+func TestFileOpenRemovesCrashStaging(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "keys")
+	ks, err := Open("file:" + dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks.Close()
+	stale := filepath.Join(dir, ".tmp-device-2.pem-12345")
+	if err := os.WriteFile(stale, []byte("-----BEGIN PRIVATE KEY-----\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ks, err = Open("file:" + dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ks.Close()
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Fatalf("staging file survived Open: %v", err)
+	}
+}
