@@ -43,6 +43,18 @@ admin.token (the first admin token, mode 0600, written once and never logged).`,
 					final.PublicURL = cfg.PublicURL
 				case "hostname":
 					final.Hostnames = cfg.Hostnames
+				case "renew-grace":
+					final.RenewGrace = cfg.RenewGrace
+				case "ca-algorithm":
+					final.CAAlgorithm = cfg.CAAlgorithm
+				case "ca-keys":
+					final.CAKeys = cfg.CAKeys
+				case "pkcs11-module":
+					final.PKCS11Module = cfg.PKCS11Module
+				case "pkcs11-token":
+					final.PKCS11Token = cfg.PKCS11Token
+				case "pkcs11-pin-file":
+					final.PKCS11PINFile = cfg.PKCS11PINFile
 				case "nats":
 					final.NATS = cfg.NATS
 				case "log-level":
@@ -74,6 +86,12 @@ admin.token (the first admin token, mode 0600, written once and never logged).`,
 	f.StringVar(&cfg.PublicURL, "public-url", "", "base URL of the plain-HTTP listener as relying parties see it")
 	f.StringSliceVar(&cfg.Hostnames, "hostname", nil, "extra host names or IPs for the server certificate")
 	f.StringVar(&cfg.NATS, "nats", "", "nats:// URL of NATS JetStream (several nodes)")
+	f.DurationVar(&cfg.RenewGrace, "renew-grace", 0, "let expired device certificates re-enroll for this long (default: never)")
+	f.StringVar(&cfg.CAAlgorithm, "ca-algorithm", cfg.CAAlgorithm, "key algorithm of new tenant CAs: ecdsa-p256, ecdsa-p384, rsa-3072, ed25519")
+	f.StringVar(&cfg.CAKeys, "ca-keys", cfg.CAKeys, "where tenant CA keys live: file (sealed in the database) or pkcs11")
+	f.StringVar(&cfg.PKCS11Module, "pkcs11-module", "", "PKCS#11 library (with --ca-keys pkcs11)")
+	f.StringVar(&cfg.PKCS11Token, "pkcs11-token", "", "PKCS#11 token label (with --ca-keys pkcs11)")
+	f.StringVar(&cfg.PKCS11PINFile, "pkcs11-pin-file", "", "file holding the PKCS#11 user PIN (with --ca-keys pkcs11)")
 	f.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
 	f.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "text or json")
 	return c

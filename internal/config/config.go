@@ -13,6 +13,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 )
@@ -47,6 +48,9 @@ type Config struct {
 	PKCS11Module  string `yaml:"pkcs11_module"`
 	PKCS11Token   string `yaml:"pkcs11_token"`
 	PKCS11PINFile string `yaml:"pkcs11_pin_file"`
+	// RenewGrace lets a device whose certificate expired re-enroll with it
+	// for this long after notAfter (0, the default: never).
+	RenewGrace time.Duration `yaml:"renew_grace"`
 	// NATS is an optional nats:// URL for JetStream (several nodes).
 	NATS string `yaml:"nats"`
 	// LogLevel is debug, info, warn or error; LogFormat is text or json.
@@ -166,6 +170,9 @@ func (c *Config) Validate() error {
 	case "text", "json":
 	default:
 		add("log_format", fmt.Sprintf("unknown format %q", c.LogFormat), "use text or json")
+	}
+	if c.RenewGrace < 0 || c.RenewGrace > 90*24*time.Hour {
+		add("renew_grace", "must be between 0 and 2160h", "for example 168h, or 0 to refuse expired certificates")
 	}
 	switch c.CAAlgorithm {
 	case "ecdsa-p256", "ecdsa-p384", "rsa-3072", "ed25519":

@@ -56,7 +56,13 @@ type Server struct {
 
 // Open validates cfg, opens the store and initialises the data directory
 // on first start. It does not listen yet.
-func Open(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, error) {
+// Option adjusts a Server at Open.
+type Option func(*Server)
+
+// WithClock replaces the wall clock (tests move time by hand).
+func WithClock(now func() time.Time) Option { return func(s *Server) { s.now = now } }
+
+func Open(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Option) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -64,6 +70,9 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger) (*Server, er
 		return nil, fmt.Errorf("create data directory: %w", err)
 	}
 	s := &Server{cfg: cfg, log: log, now: time.Now}
+	for _, o := range opts {
+		o(s)
+	}
 	var err error
 	s.kek, err = tenant.LoadOrCreateFileKEK(filepath.Join(cfg.DataDir, fileKEK))
 	if err != nil {
@@ -112,7 +121,7 @@ func (s *Server) open(ctx context.Context) error {
 	if err := s.openPKI(ctx); err != nil {
 		return err
 	}
-	s.EST, err = est.New(&estCA{s: s}, est.WithObserver(func(ev est.Event) {
+	s.EST, err = est.New(&estCA{s: s, renewGrace: s.cfg.RenewGrace}, est.WithObserver(func(ev est.Event) {
 		if ev.Status >= 500 {
 			s.log.Error("est request failed", "op", ev.Op, "label", ev.Label, "remote", ev.RemoteAddr, "status", ev.Status, "err", ev.Err)
 			return
