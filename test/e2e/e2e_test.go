@@ -18,18 +18,18 @@ import (
 	"github.com/wardiot/ward/internal/client"
 )
 
-var wardBin string
+var wardBin, agentBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "ward-e2e-bin-*")
 	if err != nil {
 		panic(err)
 	}
-	wardBin = filepath.Join(dir, "ward")
-	build := exec.Command("go", "build", "-o", wardBin, "github.com/wardiot/ward/cmd/ward")
+	wardBin, agentBin = filepath.Join(dir, "ward"), filepath.Join(dir, "ward-agent")
+	build := exec.Command("go", "build", "-o", dir, "github.com/wardiot/ward/cmd/ward", "github.com/wardiot/ward/cmd/ward-agent")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building ward:", err)
+		fmt.Fprintln(os.Stderr, "building ward and ward-agent:", err)
 		os.Exit(1)
 	}
 	code := m.Run()
