@@ -6,6 +6,7 @@ package demo
 
 import (
 	"context"
+	"crypto"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/wardiot/ward/agent"
+	"github.com/wardiot/ward/agent/keystore"
 	"github.com/wardiot/ward/internal/api"
 	"github.com/wardiot/ward/internal/client"
 	"github.com/wardiot/ward/internal/config"
@@ -131,6 +134,10 @@ func Run(ctx context.Context, out io.Writer, o Options) (err error) {
 	}
 	r.proved("GET /api/v1/tenants without a token → 401")
 
+	if err := r.enroll(ctx, srv, admin, dir, caPEM); err != nil {
+		return err
+	}
+
 	r.say("Verifying the hash-chained audit log")
 	var v api.AuditVerification
 	if err := admin.Do(ctx, "GET", "/api/v1/audit/verify", nil, &v); err != nil {
@@ -151,6 +158,69 @@ func Run(ctx context.Context, out io.Writer, o Options) (err error) {
 	r.proved("recorded: %s", strings.Join(actions, ", "))
 
 	fmt.Fprintln(out, "\nDemo complete: every step above was checked, not just printed.")
+	return nil
+}
+
+// enroll takes a simulated device through EST: a one-time token, a key
+// made on the device, enrollment, a refused second use of the token, and a
+// renewal that rotates the key.
+func (r *run) enroll(ctx context.Context, srv *server.Server, admin *client.Client, dir string, caPEM []byte) error {
+	r.say("Enrolling device sensor-1 of acme over EST (RFC 7030) with a one-time token")
+	var tok api.CreatedToken
+	if err := admin.Do(ctx, "POST", "/api/v1/tokens", api.CreateTokenRequest{Kind: "enroll", Tenant: "acme", Device: "sensor-1", TTL: "1h"}, &tok); err != nil {
+		return err
+	}
+	ks, err := keystore.Open("file:" + filepath.Join(dir, "device", "keys"))
+	if err != nil {
+		return err
+	}
+	defer ks.Close()
+	cfg := agent.Config{Server: "https://" + srv.APIAddr(), CABundle: caPEM, Tenant: "acme", Device: "sensor-1",
+		Keystore: ks, StateDir: filepath.Join(dir, "device", "state")}
+	id, err := agent.Enroll(ctx, cfg, agent.Token(tok.Secret))
+	if err != nil {
+		return fmt.Errorf("enroll: %w", err)
+	}
+	key1, err := ks.Load(ctx, id.KeyName)
+	if err != nil {
+		return err
+	}
+	if !key1.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(id.Certificate.PublicKey) {
+		return errors.New("the certificate does not certify the device's key")
+	}
+	r.proved("certificate %s for %s, valid until %s, certifies the key made on the device (%s keystore)",
+		id.Certificate.SerialNumber.Text(16), id.Certificate.URIs[0], id.Certificate.NotAfter.Format("2006-01-02"), ks.Kind())
+	// The same token again: refused.
+	ks2, err := keystore.Open("file:" + filepath.Join(dir, "attacker", "keys"))
+	if err != nil {
+		return err
+	}
+	defer ks2.Close()
+	_, err = agent.Enroll(ctx, agent.Config{Server: cfg.Server, CABundle: caPEM, Tenant: "acme", Device: "sensor-1",
+		Keystore: ks2, StateDir: filepath.Join(dir, "attacker", "state")}, agent.Token(tok.Secret))
+	var se *agent.ServerError
+	if !errors.As(err, &se) || se.Status != 401 {
+		return fmt.Errorf("a second use of the token was not refused: %v", err)
+	}
+	r.proved("a second enrollment with the same token → %d: %s", se.Status, se.Message)
+
+	r.say("Renewing sensor-1 over mutual TLS (simplereenroll)")
+	a, err := agent.New(agent.Config{Keystore: ks, StateDir: cfg.StateDir})
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	if err := a.Renew(ctx); err != nil {
+		return fmt.Errorf("renew: %w", err)
+	}
+	id2 := a.Identity()
+	if id2.Certificate.PublicKey.(interface{ Equal(crypto.PublicKey) bool }).Equal(id.Certificate.PublicKey) {
+		return errors.New("renewal kept the old key")
+	}
+	if _, err := ks.Load(ctx, id.KeyName); err == nil {
+		return errors.New("the old key survived the renewal")
+	}
+	r.proved("new certificate %s with a new key (%s); the old key %s is destroyed", id2.Certificate.SerialNumber.Text(16), id2.KeyName, id.KeyName)
 	return nil
 }
 
