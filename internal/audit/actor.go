@@ -18,3 +18,20 @@ func ActorFrom(ctx context.Context) string {
 	}
 	return "system"
 }
+
+type issueKey struct{}
+
+type issueNote struct{ action, detail string }
+
+// WithIssue names the action and adds a note for the audit entry of a
+// certificate issued deeper in the call (for example "est.enroll" and the
+// token used), so that one entry records both why and what.
+func WithIssue(ctx context.Context, action, detail string) context.Context {
+	return context.WithValue(ctx, issueKey{}, issueNote{action, detail})
+}
+
+// IssueFrom returns what WithIssue recorded, if anything.
+func IssueFrom(ctx context.Context) (action, detail string, ok bool) {
+	n, ok := ctx.Value(issueKey{}).(issueNote)
+	return n.action, n.detail, ok
+}

@@ -3,6 +3,8 @@ package cli
 import (
 	"io"
 	"log/slog"
+	"os"
+	"runtime/pprof"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -68,6 +70,18 @@ admin.token (the first admin token, mode 0600, written once and never logged).`,
 			}
 			if err := final.Validate(); err != nil {
 				return err
+			}
+			// WARD_CPUPROFILE names a file for a CPU profile of the whole
+			// run, written at shutdown: for benchmarks, not production.
+			if p := os.Getenv("WARD_CPUPROFILE"); p != "" {
+				f, err := os.Create(p)
+				if err != nil {
+					return err
+				}
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer func() { pprof.StopCPUProfile(); f.Close() }()
 			}
 			log := NewLogger(a.stderr, final.LogLevel, final.LogFormat)
 			srv, err := server.Open(c.Context(), final, log)

@@ -105,19 +105,61 @@ func ParseCSR(der []byte) (*x509.CertificateRequest, error) {
 	if err := csr.CheckSignature(); err != nil {
 		return nil, fmt.Errorf("%w: signature does not verify (the CSR must be signed by the key it certifies): %v", ErrBadCSR, err)
 	}
-	if len(csr.Extensions) > MaxCSRExtensions {
-		return nil, fmt.Errorf("%w: %d extensions (at most %d)", ErrBadCSR, len(csr.Extensions), MaxCSRExtensions)
-	}
-	for _, e := range csr.Extensions {
-		if !slices.ContainsFunc(allowedCSRExtensions, e.Id.Equal) {
-			return nil, fmt.Errorf("%w: extension %s is not allowed", ErrBadCSR, e.Id)
-		}
-	}
-	if len(csr.EmailAddresses) > 0 {
-		return nil, fmt.Errorf("%w: email SANs are not allowed", ErrBadCSR)
+	if err := checkCSRPolicy(csr); err != nil {
+		return nil, err
 	}
 	return csr, nil
 }
+
+// checkCSRPolicy checks what ParseCSR checks besides size and signature.
+func checkCSRPolicy(csr *x509.CertificateRequest) error {
+	if err := checkSubjectKey(csr.PublicKey); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadCSR, err)
+	}
+	if len(csr.Extensions) > MaxCSRExtensions {
+		return fmt.Errorf("%w: %d extensions (at most %d)", ErrBadCSR, len(csr.Extensions), MaxCSRExtensions)
+	}
+	for _, e := range csr.Extensions {
+		if !slices.ContainsFunc(allowedCSRExtensions, e.Id.Equal) {
+			return fmt.Errorf("%w: extension %s is not allowed", ErrBadCSR, e.Id)
+		}
+	}
+	if len(csr.EmailAddresses) > 0 {
+		return fmt.Errorf("%w: email SANs are not allowed", ErrBadCSR)
+	}
+	return nil
+}
+
+// CheckedCSR is a CSR that passed [ParseCSR]: only this package makes one,
+// so a caller that checked a CSR early (before spending a one-time token,
+// say) can hand it to [Authority.Issue] without paying for a second
+// signature verification.
+type CheckedCSR struct{ csr *x509.CertificateRequest }
+
+// CheckCSR is [ParseCSR] returning a [CheckedCSR].
+func CheckCSR(der []byte) (*CheckedCSR, error) {
+	csr, err := ParseCSR(der)
+	if err != nil {
+		return nil, err
+	}
+	return &CheckedCSR{csr: csr}, nil
+}
+
+// CheckParsedCSR applies ParseCSR's policy checks to a CSR whose
+// signature the caller has already verified (the EST handler does, as
+// proof of possession), sparing a second verification.
+func CheckParsedCSR(csr *x509.CertificateRequest) (*CheckedCSR, error) {
+	if len(csr.Raw) > MaxCSRSize {
+		return nil, fmt.Errorf("%w: %d bytes is larger than the %d byte limit", ErrBadCSR, len(csr.Raw), MaxCSRSize)
+	}
+	if err := checkCSRPolicy(csr); err != nil {
+		return nil, err
+	}
+	return &CheckedCSR{csr: csr}, nil
+}
+
+// Request returns the parsed request.
+func (c *CheckedCSR) Request() *x509.CertificateRequest { return c.csr }
 
 // IssueRequest asks for a certificate. The caller (EST, the API) has
 // authenticated the requester and decided Tenant and Device; the CSR may
@@ -130,6 +172,8 @@ type IssueRequest struct {
 	Device string
 	// CSR is the DER certificate request.
 	CSR []byte
+	// Checked, if set, is used instead of CSR.
+	Checked *CheckedCSR
 	// Validity, if set, shortens the profile's configured validity.
 	Validity time.Duration
 	// DNSNames and IPAddresses are the names the caller authorised for a
@@ -153,9 +197,14 @@ func (a *Authority) Issue(ctx context.Context, req IssueRequest) (Issued, error)
 	if err := wire.ValidateTenantID(req.Tenant); err != nil {
 		return Issued{}, fmt.Errorf("%w: %v", ErrBadRequest, err)
 	}
-	csr, err := ParseCSR(req.CSR)
-	if err != nil {
-		return Issued{}, err
+	var csr *x509.CertificateRequest
+	if req.Checked != nil {
+		csr = req.Checked.csr
+	} else {
+		var err error
+		if csr, err = ParseCSR(req.CSR); err != nil {
+			return Issued{}, err
+		}
 	}
 	st, err := a.tenantCA(req.Tenant, KindIssuing)
 	if err != nil {
@@ -262,15 +311,23 @@ func (a *Authority) issueCert(ctx context.Context, st *caState, tmpl *x509.Certi
 		rec.NotAfter = cert.NotAfter
 		rec.Status = CertGood
 		rec.CertDER = der
-		err = a.store.RecordCert(ctx, rec)
+		ev := Event{Action: "cert.issue", Tenant: rec.Tenant, CAID: rec.CAID, Serial: rec.Serial, Device: rec.Device, Profile: rec.Profile}
+		as, atomic := a.store.(AuditingStore)
+		if atomic {
+			err = as.RecordCertAudited(ctx, rec, ev)
+		} else {
+			err = a.store.RecordCert(ctx, rec)
+		}
 		if errors.Is(err, ErrConflict) && attempt+1 < maxSerialAttempts {
 			continue
 		}
 		if err != nil {
 			return nil, rec, fmt.Errorf("pki: record certificate: %w", err)
 		}
-		if err := a.audit(ctx, Event{Action: "cert.issue", Tenant: rec.Tenant, CAID: rec.CAID, Serial: rec.Serial, Device: rec.Device, Profile: rec.Profile}); err != nil {
-			return nil, rec, err
+		if !atomic {
+			if err := a.audit(ctx, ev); err != nil {
+				return nil, rec, err
+			}
 		}
 		return cert, rec, nil
 	}

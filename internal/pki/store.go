@@ -144,3 +144,12 @@ type Store interface {
 // ErrAlreadyRevoked is returned by [Store.RevokeCert] and
 // [Authority.Revoke] for a certificate that is already revoked.
 var ErrAlreadyRevoked = errors.New("pki: certificate is already revoked")
+
+// AuditingStore is implemented by stores that can record a certificate and
+// its audit entry in one transaction. The authority then uses it instead
+// of RecordCert followed by the Auditor: one commit instead of two, and no
+// window in which a certificate exists without its audit entry. It returns
+// ErrConflict like RecordCert.
+type AuditingStore interface {
+	RecordCertAudited(ctx context.Context, rec CertRecord, ev Event) error
+}

@@ -265,6 +265,27 @@ func TestESTRefusals(t *testing.T) {
 		}
 	})
 
+	t.Run("race/one-token-two-devices", func(t *testing.T) {
+		// Eight requests race with the same token: exactly one certificate.
+		tok := e.token(t, "acme", "racer", time.Hour)
+		codes := make(chan int, 8)
+		for range 8 {
+			go func() {
+				c, _, _ := e.post(t, "simpleenroll", "acme", tok, csrFor(t, newKey(t), "acme", "racer"), nil)
+				codes <- c
+			}()
+		}
+		ok := 0
+		for range 8 {
+			if <-codes == 200 {
+				ok++
+			}
+		}
+		if ok != 1 || e.certCount(t, "racer") != 1 {
+			t.Fatalf("%d requests succeeded and %d certificates exist; want exactly one", ok, e.certCount(t, "racer"))
+		}
+	})
+
 	t.Run("grace/expired-cert-refused-by-default", func(t *testing.T) {
 		k := newKey(t)
 		_, _, c := e.post(t, "simpleenroll", "acme", e.token(t, "acme", "old", time.Hour), csrFor(t, k, "acme", "old"), nil)

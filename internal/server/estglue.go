@@ -135,44 +135,58 @@ func (e *estCA) Enroll(ctx context.Context, r *est.Request) ([]*x509.Certificate
 		e.audit(ctx, "est:"+r.RemoteAddr, "est.enroll", tid, "device:"+device, audit.ResultDenied, "basic-auth user differs from the CSR's device")
 		return nil, est.Forbidden("the user name must be the device ID the CSR names", nil)
 	}
-	// Check the CSR against policy before the token is spent, so a
-	// device with a bad CSR can fix it and retry.
-	if _, err := pki.ParseCSR(r.CSR.Raw); err != nil {
+	// The CSR's signature was verified by the EST handler; apply the
+	// issuance policy now so that a bad CSR costs the device nothing.
+	checked, err := pki.CheckParsedCSR(r.CSR)
+	if err != nil {
 		return nil, est.BadRequest("the CSR is not acceptable: "+err.Error(), err)
 	}
 	actor := "device:" + tid + "/" + device
-	var tk *store.Token
-	err = e.s.store.InTx(ctx, func(tx store.Tx) error {
-		var err error
-		tk, err = e.s.Tokens.Redeem(ctx, tx, tok, tid, device)
+	// Check the token without spending it; it is spent in the transaction
+	// that records the certificate, so it is used if and only if a
+	// certificate was issued (and two racing requests cannot both win).
+	tk, err := e.s.Tokens.Check(ctx, e.s.store, tok, tid, device)
+	if err != nil {
+		return nil, e.tokenRefused(ctx, actor, tid, device, tk, err)
+	}
+	// One audit entry records the enrollment and the certificate, in the
+	// same transaction.
+	ctx = audit.WithIssue(audit.WithActor(ctx, actor), "est.enroll", "token="+tk.ID)
+	ctx = withIssueHook(ctx, func(tx store.Tx) error {
+		_, err := e.s.Tokens.Redeem(ctx, tx, tok, tid, device)
 		return err
 	})
-	if err != nil {
-		reason, msg := "invalid, expired or revoked token", "the enrollment token is invalid, expired or revoked"
-		switch {
-		case errors.Is(err, tenant.ErrTokenUsed):
-			reason, msg = "token already used", "the enrollment token was already used"
-		case errors.Is(err, tenant.ErrTokenWrongDevice):
-			reason, msg = "token bound to another device", "the enrollment token is not for this device"
-		case errors.Is(err, tenant.ErrTokenWrongTenant):
-			reason = "token of another tenant"
-		case !errors.Is(err, tenant.ErrUnauthenticated):
-			return nil, err
-		}
-		if tk != nil {
-			reason += " (token " + tk.ID + ")"
-		}
-		e.audit(ctx, actor, "est.enroll", tid, "device:"+device, audit.ResultDenied, reason)
-		return nil, est.AuthRequired(msg, err)
+	iss, err := e.s.PKI.Issue(ctx, pki.IssueRequest{Tenant: tid, Profile: pki.ProfileDevice, Device: device, Checked: checked})
+	var he *hookError
+	if errors.As(err, &he) {
+		return nil, e.tokenRefused(ctx, actor, tid, device, tk, he.err)
 	}
-	ctx = audit.WithActor(ctx, actor)
-	iss, err := e.s.PKI.Issue(ctx, pki.IssueRequest{Tenant: tid, Profile: pki.ProfileDevice, Device: device, CSR: r.CSR.Raw})
 	if err != nil {
-		e.audit(ctx, actor, "est.enroll", tid, "device:"+device, audit.ResultFailed, "issuance failed after the token was spent: "+err.Error())
+		e.audit(ctx, actor, "est.enroll", tid, "device:"+device, audit.ResultFailed, "issuance failed: "+err.Error())
 		return nil, estIssueErr(err)
 	}
-	e.audit(ctx, actor, "est.enroll", tid, "device:"+device, audit.ResultOK, "token "+tk.ID+" serial "+iss.Record.Serial)
 	return append([]*x509.Certificate{iss.Cert}, iss.Chain...), nil
+}
+
+// tokenRefused audits a refused enrollment token and says why, without
+// telling the client more than it needs.
+func (e *estCA) tokenRefused(ctx context.Context, actor, tid, device string, tk *store.Token, err error) error {
+	reason, msg := "invalid, expired or revoked token", "the enrollment token is invalid, expired or revoked"
+	switch {
+	case errors.Is(err, tenant.ErrTokenUsed):
+		reason, msg = "token already used", "the enrollment token was already used"
+	case errors.Is(err, tenant.ErrTokenWrongDevice):
+		reason, msg = "token bound to another device", "the enrollment token is not for this device"
+	case errors.Is(err, tenant.ErrTokenWrongTenant):
+		reason = "token of another tenant"
+	case !errors.Is(err, tenant.ErrUnauthenticated):
+		return err
+	}
+	if tk != nil {
+		reason += " (token " + tk.ID + ")"
+	}
+	e.audit(ctx, actor, "est.enroll", tid, "device:"+device, audit.ResultDenied, reason)
+	return est.AuthRequired(msg, err)
 }
 
 func estIssueErr(err error) error {
@@ -266,13 +280,11 @@ func (e *estCA) Reenroll(ctx context.Context, r *est.Request) ([]*x509.Certifica
 			return nil, est.BadRequest("renewal needs a new key: this public key was already certified for the device", nil)
 		}
 	}
-	ctx = audit.WithActor(ctx, actor)
+	ctx = audit.WithIssue(audit.WithActor(ctx, actor), "est.reenroll", "old_serial="+pki.SerialString(leaf.SerialNumber))
 	iss, err := e.s.PKI.Issue(ctx, pki.IssueRequest{Tenant: tid, Profile: pki.ProfileDevice, Device: device, CSR: r.CSR.Raw})
 	if err != nil {
 		e.audit(ctx, actor, "est.reenroll", tid, "device:"+device, audit.ResultFailed, err.Error())
 		return nil, estIssueErr(err)
 	}
-	e.audit(ctx, actor, "est.reenroll", tid, "device:"+device, audit.ResultOK,
-		"old serial "+pki.SerialString(leaf.SerialNumber)+" new serial "+iss.Record.Serial)
 	return append([]*x509.Certificate{iss.Cert}, iss.Chain...), nil
 }

@@ -14,9 +14,15 @@ import (
 // pkiStore adapts the store to pki.Store. Each write is its own
 // transaction: the authority records a certificate durably before it
 // hands it out, and audits right after.
-type pkiStore struct{ s store.Store }
+type pkiStore struct {
+	s   store.Store
+	now func() time.Time
+}
 
-var _ pki.Store = pkiStore{}
+var (
+	_ pki.Store         = pkiStore{}
+	_ pki.AuditingStore = pkiStore{}
+)
 
 func mapErr(err error) error {
 	switch {
@@ -135,6 +141,32 @@ type pkiAuditor struct {
 }
 
 func (a pkiAuditor) Audit(ctx context.Context, e pki.Event) error {
+	return a.s.InTx(ctx, func(tx store.Tx) error {
+		_, err := audit.Append(ctx, tx, a.now(), pkiEntry(ctx, e))
+		return err
+	})
+}
+
+// RecordCertAudited implements pki.AuditingStore: the certificate and its
+// audit entry commit together.
+func (p pkiStore) RecordCertAudited(ctx context.Context, rec pki.CertRecord, ev pki.Event) error {
+	return mapErr(p.s.InTx(ctx, func(tx store.Tx) error {
+		if hook, ok := ctx.Value(issueHookKey{}).(func(store.Tx) error); ok {
+			if err := hook(tx); err != nil {
+				return &hookError{err}
+			}
+		}
+		if err := tx.RecordCert(ctx, certToStore(rec)); err != nil {
+			return err
+		}
+		_, err := audit.Append(ctx, tx, p.now(), pkiEntry(ctx, ev))
+		return err
+	}))
+}
+
+// pkiEntry turns an authority event into an audit entry, naming the actor
+// (and, for issuance, the action and note) the request context carries.
+func pkiEntry(ctx context.Context, e pki.Event) audit.Entry {
 	target := "ca:" + e.CAID
 	detail := ""
 	if e.Serial != "" {
@@ -150,9 +182,28 @@ func (a pkiAuditor) Audit(ctx context.Context, e pki.Event) error {
 	if e.Action == "cert.revoke" {
 		detail += " reason=" + e.Reason.String()
 	}
-	return a.s.InTx(ctx, func(tx store.Tx) error {
-		_, err := audit.Append(ctx, tx, a.now(), audit.Entry{Actor: audit.ActorFrom(ctx), Action: e.Action, Target: target,
-			Tenant: e.Tenant, Detail: detail})
-		return err
-	})
+	action := e.Action
+	if e.Action == "cert.issue" {
+		if a, note, ok := audit.IssueFrom(ctx); ok {
+			action = a
+			detail = note + " " + detail
+		}
+	}
+	return audit.Entry{Actor: audit.ActorFrom(ctx), Action: action, Target: target, Tenant: e.Tenant, Detail: detail}
 }
+
+type issueHookKey struct{}
+
+// withIssueHook makes the transaction that records the next certificate
+// issued under ctx run hook first: EST spends the enrollment token there,
+// so the token is spent exactly when the certificate is recorded.
+func withIssueHook(ctx context.Context, hook func(store.Tx) error) context.Context {
+	return context.WithValue(ctx, issueHookKey{}, hook)
+}
+
+// hookError marks a failure of the issue hook, so callers can tell "the
+// token could not be spent" from a store failure.
+type hookError struct{ err error }
+
+func (h *hookError) Error() string { return h.err.Error() }
+func (h *hookError) Unwrap() error { return h.err }

@@ -153,7 +153,7 @@ func (s *Server) openPKI(ctx context.Context) error {
 		}
 	}
 	s.PKI, err = pki.New(ctx, pki.Config{
-		Store:      pkiStore{s.store},
+		Store:      pkiStore{s: s.store, now: s.now},
 		Keys:       s.caKeys,
 		BaseURL:    s.baseURL,
 		IssuerURLs: true,

@@ -303,6 +303,27 @@ func (t *Tokens) Redeem(ctx context.Context, tx store.Tx, s, tenant, device stri
 	return tk, nil
 }
 
+// Check verifies, without spending it, that an enrollment token would be
+// redeemable for (tenant, device) now: the same errors as Redeem. Callers
+// check first, do their work, then Redeem in the transaction that commits
+// the work, so that a token is spent if and only if the work is kept.
+func (t *Tokens) Check(ctx context.Context, q store.Reader, s, tenant, device string) (*store.Token, error) {
+	tk, err := t.lookup(ctx, q, s, store.TokenEnroll)
+	if err != nil {
+		return nil, err
+	}
+	if subtle.ConstantTimeCompare([]byte(tk.Tenant), []byte(tenant)) != 1 {
+		return tk, ErrTokenWrongTenant
+	}
+	if subtle.ConstantTimeCompare([]byte(tk.Device), []byte(device)) != 1 {
+		return tk, ErrTokenWrongDevice
+	}
+	if !tk.UsedAt.IsZero() {
+		return tk, ErrTokenUsed
+	}
+	return tk, nil
+}
+
 // Revoke revokes an API or enrollment token by ID on behalf of by.
 func (t *Tokens) Revoke(ctx context.Context, by *Principal, id string) error {
 	return t.store.InTx(ctx, func(tx store.Tx) error {

@@ -38,6 +38,10 @@ var Dialect = sqlstore.Dialect{
 	},
 }
 
+// maxConns bounds the pool: readers run in parallel under WAL, writers
+// queue on busy_timeout.
+const maxConns = 8
+
 // Open opens (creating with mode 0600 if needed) the database at path and
 // applies pending migrations.
 func Open(ctx context.Context, path string) (*sqlstore.DB, error) {
@@ -59,6 +63,12 @@ func Open(ctx context.Context, path string) (*sqlstore.DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
+	// Keep connections: opening one re-runs the pragmas and re-prepares
+	// every cached statement. Writers are serialised by SQLite anyway, so
+	// a handful of connections serves any number of concurrent requests.
+	db.SetMaxOpenConns(maxConns)
+	db.SetMaxIdleConns(maxConns)
+	db.SetConnMaxIdleTime(0)
 	if err := migrate(ctx, db); err != nil {
 		db.Close()
 		return nil, err

@@ -50,7 +50,8 @@ var _ store.Store = (*DB)(nil)
 
 // New wraps db. The schema must already be migrated.
 func New(db *sql.DB, d Dialect) *DB {
-	return &DB{q: q{x: db, d: &d}, db: db}
+	c := &stmtCache{db: db, m: map[string]*sql.Stmt{}}
+	return &DB{q: q{x: db, d: &d, c: c}, db: db}
 }
 
 // SQL returns the underlying handle, for migrations and tests.
@@ -63,7 +64,15 @@ func (s *DB) Dialect() string { return s.d.Name }
 func (s *DB) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
 
 // Close implements store.Store.
-func (s *DB) Close() error { return s.db.Close() }
+func (s *DB) Close() error {
+	s.c.mu.Lock()
+	for _, st := range s.c.m {
+		st.Close()
+	}
+	s.c.m = map[string]*sql.Stmt{}
+	s.c.mu.Unlock()
+	return s.db.Close()
+}
 
 // InTx implements store.Store.
 func (s *DB) InTx(ctx context.Context, fn func(store.Tx) error) error {
@@ -71,7 +80,7 @@ func (s *DB) InTx(ctx context.Context, fn func(store.Tx) error) error {
 	if err != nil {
 		return fmt.Errorf("begin transaction: %w", err)
 	}
-	t := &txq{q: q{x: tx, d: s.d}}
+	t := &txq{q: q{x: tx, d: s.d, c: s.c, tx: tx}}
 	if err := fn(t); err != nil {
 		_ = tx.Rollback()
 		return err
@@ -90,8 +99,57 @@ type execer interface {
 
 // q holds the queries shared by DB and a transaction.
 type q struct {
-	x execer
-	d *Dialect
+	x  execer
+	d  *Dialect
+	c  *stmtCache
+	tx *sql.Tx // nil outside a transaction
+}
+
+// stmtCache keeps prepared statements so that hot queries are parsed once
+// per connection instead of on every call (parsing was the largest single
+// cost of an enrollment on SQLite). database/sql re-prepares a statement
+// on each pooled connection on first use and remembers it there.
+type stmtCache struct {
+	db *sql.DB
+	mu sync.Mutex
+	m  map[string]*sql.Stmt
+}
+
+// maxCachedStmts bounds the cache; queries with formatted parts (LIMIT n)
+// beyond it run unprepared.
+const maxCachedStmts = 256
+
+func (c *stmtCache) get(ctx context.Context, query string) *sql.Stmt {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st, ok := c.m[query]; ok {
+		return st
+	}
+	if len(c.m) >= maxCachedStmts {
+		return nil
+	}
+	st, err := c.db.PrepareContext(ctx, query)
+	if err != nil {
+		return nil // run unprepared; the error resurfaces there
+	}
+	c.m[query] = st
+	return st
+}
+
+// stmt returns the cached statement for query, bound to the transaction
+// if there is one, or nil to run the query unprepared.
+func (q q) stmt(ctx context.Context, query string) *sql.Stmt {
+	if q.c == nil {
+		return nil
+	}
+	st := q.c.get(ctx, query)
+	if st == nil {
+		return nil
+	}
+	if q.tx != nil {
+		return q.tx.StmtContext(ctx, st)
+	}
+	return st
 }
 
 type txq struct{ q }
@@ -125,7 +183,13 @@ func (q q) sql(s string) string {
 }
 
 func (q q) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	res, err := q.x.ExecContext(ctx, q.sql(query), args...)
+	var res sql.Result
+	var err error
+	if st := q.stmt(ctx, q.sql(query)); st != nil {
+		res, err = st.ExecContext(ctx, args...)
+	} else {
+		res, err = q.x.ExecContext(ctx, q.sql(query), args...)
+	}
 	if err != nil && q.d.IsUnique != nil && q.d.IsUnique(err) {
 		return nil, fmt.Errorf("%w: %v", store.ErrConflict, err)
 	}
@@ -133,10 +197,16 @@ func (q q) exec(ctx context.Context, query string, args ...any) (sql.Result, err
 }
 
 func (q q) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	if st := q.stmt(ctx, q.sql(query)); st != nil {
+		return st.QueryContext(ctx, args...)
+	}
 	return q.x.QueryContext(ctx, q.sql(query), args...)
 }
 
 func (q q) row(ctx context.Context, query string, args ...any) *sql.Row {
+	if st := q.stmt(ctx, q.sql(query)); st != nil {
+		return st.QueryRowContext(ctx, args...)
+	}
 	return q.x.QueryRowContext(ctx, q.sql(query), args...)
 }
 
