@@ -309,7 +309,6 @@ func (e *env) client(s crypto.Signer, clk func() time.Time) *httpauth.Client {
 	return c
 }
 
-
 // postTo calls a handler directly with a form body.
 func postTo(h http.Handler, body string) *httptest.ResponseRecorder {
 	r := httptest.NewRequest(http.MethodPost, wire.TokenPath, strings.NewReader(body))
