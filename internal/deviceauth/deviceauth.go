@@ -180,10 +180,11 @@ type Events interface {
 // Security event types. They are stable strings used as event types and
 // metric labels.
 const (
-	EventRefreshReuse    = "device_token.refresh_reuse"    // a used refresh token came back: family revoked
-	EventAssertionReplay = "device_token.assertion_replay" // a validly signed assertion was presented twice
-	EventRefused         = "device_token.refused"          // a revoked certificate or disabled device tried to authenticate
-	EventRateLimited     = "device_api.rate_limited"       // a device exceeded its request rate
+	EventRefreshReuse       = "device_token.refresh_reuse"        // a used refresh token came back: family revoked
+	EventRefreshWrongClient = "device_token.refresh_wrong_client" // a device presented another device's refresh token: family revoked
+	EventAssertionReplay    = "device_token.assertion_replay"     // a validly signed assertion was presented twice
+	EventRefused            = "device_token.refused"              // a revoked certificate or disabled device tried to authenticate
+	EventRateLimited        = "device_api.rate_limited"           // a device exceeded its request rate
 )
 
 // Event is a security event. Detail never holds a token or key.

@@ -379,6 +379,15 @@ func (s *Server) refresh(ctx context.Context, form map[string]string, remote str
 	}
 	id := Identity{Tenant: tok.Tenant, Device: tok.Device, CertSerial: tok.CertSerial}
 	if client != nil && (client.Tenant != id.Tenant || client.Device != id.Device) {
+		// Another device holds this device's refresh token: it was
+		// stolen, so the family goes as for a reuse.
+		if err := s.cfg.Store.RevokeFamily(ctx, tok.Family); err != nil {
+			return nil, fmt.Errorf("deviceauth: revoking token family: %w", err)
+		}
+		s.cfg.Events.SecurityEvent(ctx, Event{Type: EventRefreshWrongClient, Time: now, Tenant: tok.Tenant, Device: tok.Device,
+			Family: tok.Family, RemoteAddr: remote, Detail: "refresh token presented by " + actor(*client) + "; its token family is revoked"})
+		s.audit(ctx, AuditEntry{Actor: actor(*client), Action: "device_token.revoke_family", Target: "token-family:" + tok.Family,
+			Tenant: tok.Tenant, Result: "denied", Detail: "refresh token of " + actor(id) + " presented by another device"})
 		return nil, invalidGrant("the refresh token was not issued to the authenticated client")
 	}
 	if err := s.usable(ctx, id, tok.Family, remote); err != nil {

@@ -128,6 +128,33 @@ func TestTokenEndpoint(t *testing.T) {
 				}
 			}
 		},
+		"ok/refresh-with-client-assertion": func(t *testing.T, e *env) {
+			r := e.mustIssue()
+			n := e.postForm(url.Values{"grant_type": {"refresh_token"}, "refresh_token": {r.RefreshToken},
+				"client_assertion_type": {wire.ClientAssertionType}, "client_assertion": {e.assertion()}}.Encode())
+			if n.status != 200 {
+				t.Fatalf("%d %s: %s", n.status, n.Error, n.Description)
+			}
+		},
+		"fail/refresh-by-another-device": func(t *testing.T, e *env) {
+			r := e.mustIssue()
+			k2, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			e.devs.Set(tenant, "sensor-2", k2.Public(), "2222")
+			a := jwt(`{"alg":"ES256"}`, e.claims(map[string]any{"iss": "acme/sensor-2", "sub": "acme/sensor-2"}), es256(k2))
+			n := e.postForm(url.Values{"grant_type": {"refresh_token"}, "refresh_token": {r.RefreshToken},
+				"client_assertion_type": {wire.ClientAssertionType}, "client_assertion": {a}}.Encode())
+			refused(t, n, 400, "invalid_grant", "not issued to the authenticated client")
+			if _, err := e.bearer(r.AccessToken); err == nil {
+				t.Fatal("the family of a refresh token presented by another device survived")
+			}
+			if len(e.events(deviceauth.EventRefreshWrongClient)) != 1 || len(e.rec.Audits()) != 1 {
+				t.Fatalf("events %+v audits %+v", e.rec.Events(), e.rec.Audits())
+			}
+			// A failed client assertion stops the refresh before the token is spent.
+			bad := e.postForm(url.Values{"grant_type": {"refresh_token"}, "refresh_token": {r.RefreshToken},
+				"client_assertion_type": {wire.ClientAssertionType}, "client_assertion": {"x.y.z"}}.Encode())
+			refused(t, bad, 401, "invalid_client", "")
+		},
 		"fail/refresh-idle-expiry": func(t *testing.T, e *env) {
 			r := e.mustIssue()
 			e.clk.Advance(deviceauth.DefaultRefreshIdleLifetime)
