@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/wardiot/ward/internal/audit"
+	"github.com/wardiot/ward/internal/monitor"
 	"github.com/wardiot/ward/internal/pki"
 	"github.com/wardiot/ward/internal/store"
 	"github.com/wardiot/ward/internal/tenant"
@@ -60,9 +61,10 @@ type Deps struct {
 	PKI     *pki.Authority
 	// CAKeys returns a tenant's CA key manager (nil: file mode, sealed
 	// with the tenant's data key).
-	CAKeys func(ctx context.Context, tenant string) (pki.KeyManager, error)
-	Log    *slog.Logger
-	Now    func() time.Time
+	CAKeys  func(ctx context.Context, tenant string) (pki.KeyManager, error)
+	Monitor *monitor.Monitor
+	Log     *slog.Logger
+	Now     func() time.Time
 }
 
 // API is the REST API.
@@ -76,6 +78,7 @@ type API struct {
 func New(d Deps) *API {
 	a := &API{d: d, mux: http.NewServeMux()}
 	a.coreRoutes()
+	a.eventRoutes()
 	if d.PKI != nil {
 		a.pkiRoutes()
 	}

@@ -7,10 +7,12 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/wardiot/ward/internal/audit"
 	"github.com/wardiot/ward/internal/est"
+	"github.com/wardiot/ward/internal/monitor"
 	"github.com/wardiot/ward/internal/pki"
 	"github.com/wardiot/ward/internal/store"
 	"github.com/wardiot/ward/internal/tenant"
@@ -76,8 +78,16 @@ func (e *estCA) CSRAttrs(ctx context.Context, label string) ([]byte, error) {
 	return wire.DefaultCSRAttrs, nil
 }
 
-// audit records an EST decision. Refusals are security decisions too.
+// audit records an EST decision. Refusals are security decisions too, and
+// also go to the security event stream.
 func (e *estCA) audit(ctx context.Context, actor, action, tid, target, result, detail string) {
+	if result != audit.ResultOK {
+		dev := ""
+		if d, ok := strings.CutPrefix(target, "device:"); ok {
+			dev = d
+		}
+		e.s.Monitor.Emit(monitor.Event{Type: monitor.EnrollRefused, Tenant: tid, Device: dev, Reason: action + ": " + detail})
+	}
 	err := e.s.store.InTx(ctx, func(tx store.Tx) error {
 		_, err := audit.Append(ctx, tx, e.s.now(), audit.Entry{Actor: actor, Action: action, Target: target, Tenant: tid,
 			Result: result, Detail: detail})

@@ -20,6 +20,7 @@ import (
 	"github.com/wardiot/ward/internal/audit"
 	"github.com/wardiot/ward/internal/config"
 	"github.com/wardiot/ward/internal/est"
+	"github.com/wardiot/ward/internal/monitor"
 	"github.com/wardiot/ward/internal/pki"
 	"github.com/wardiot/ward/internal/pki/pkcs11"
 	"github.com/wardiot/ward/internal/store"
@@ -43,6 +44,8 @@ type Server struct {
 	API     *api.API
 	PKI     *pki.Authority
 	EST     *est.Handler
+	Monitor *monitor.Monitor
+	monStop context.CancelFunc
 	hsm     *pkcs11.Manager
 	baseURL string
 	cancel  context.CancelFunc
@@ -118,6 +121,8 @@ func (s *Server) open(ctx context.Context) error {
 	}
 	s.Tenants = tenant.NewService(s.store, s.kek, s.now)
 	s.Tokens = tenant.NewTokens(s.store, s.now)
+	monCtx, monStop := context.WithCancel(context.Background())
+	s.Monitor, s.monStop = monitor.New(monCtx, s.store, s.log, s.now), monStop
 	if err := s.openPKI(ctx); err != nil {
 		return err
 	}
@@ -131,7 +136,7 @@ func (s *Server) open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.API = api.New(api.Deps{Store: s.store, Tenants: s.Tenants, Tokens: s.Tokens, PKI: s.PKI, CAKeys: s.caKeys, Log: s.log, Now: s.now})
+	s.API = api.New(api.Deps{Store: s.store, Tenants: s.Tenants, Tokens: s.Tokens, PKI: s.PKI, CAKeys: s.caKeys, Monitor: s.Monitor, Log: s.log, Now: s.now})
 	return s.firstStart(ctx)
 }
 
@@ -376,6 +381,10 @@ func (s *Server) Close() error {
 		if ln != nil {
 			ln.Close()
 		}
+	}
+	if s.monStop != nil {
+		s.monStop()
+		s.Monitor.Wait()
 	}
 	if s.hsm != nil {
 		s.hsm.Close()

@@ -82,6 +82,7 @@ type AuditFilter struct {
 // Reader is the read side shared by a Store and a Tx.
 type Reader interface {
 	PKIReader
+	EventReader
 	GetTenant(ctx context.Context, id string) (*Tenant, error)
 	ListTenants(ctx context.Context) ([]*Tenant, error)
 
@@ -104,6 +105,7 @@ type Reader interface {
 type Tx interface {
 	Reader
 	PKIWriter
+	EventWriter
 
 	// CreateTenant fails with ErrConflict if the ID exists.
 	CreateTenant(ctx context.Context, t *Tenant) error
@@ -212,4 +214,42 @@ type PKIWriter interface {
 	RevokeCert(ctx context.Context, serial string, reason int, at time.Time) (*Cert, error)
 	// NextCRLNumber increments and returns a CA's CRL number (from 1).
 	NextCRLNumber(ctx context.Context, caID string) (int64, error)
+}
+
+// Event is an aggregated security event.
+type Event struct {
+	ID       int64
+	Tenant   string // "" for events with no tenant (unknown CA, say)
+	Type     string // dotted, e.g. "tls.handshake_failed", "cert.shared"
+	Severity string // "info", "low", "medium", "high"
+	Device   string
+	Remote   string // last remote address seen
+	Reason   string
+	Detail   string
+	FirstAt  time.Time
+	LastAt   time.Time
+	Count    int64
+}
+
+// EventFilter selects events; zero fields match all. Newest first.
+type EventFilter struct {
+	Tenant    string
+	AnyTenant bool // with Tenant "": all tenants (else only tenant-less events)
+	Type      string
+	Device    string
+	Limit     int
+}
+
+// EventReader lists security events.
+type EventReader interface {
+	ListEvents(ctx context.Context, f EventFilter) ([]*Event, error)
+}
+
+// EventWriter records security events.
+type EventWriter interface {
+	// RecordEvent adds e.Count occurrences of e: if an event with the same
+	// tenant, type, device and reason was last seen at or after
+	// e.FirstAt - window, it is updated (count, last_at, remote, detail)
+	// and created reports false; otherwise a new row is inserted.
+	RecordEvent(ctx context.Context, e *Event, window time.Duration) (created bool, err error)
 }
