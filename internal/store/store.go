@@ -83,6 +83,7 @@ type AuditFilter struct {
 type Reader interface {
 	PKIReader
 	EventReader
+	DeviceReader
 	GetTenant(ctx context.Context, id string) (*Tenant, error)
 	ListTenants(ctx context.Context) ([]*Tenant, error)
 
@@ -106,6 +107,7 @@ type Tx interface {
 	Reader
 	PKIWriter
 	EventWriter
+	DeviceWriter
 
 	// CreateTenant fails with ErrConflict if the ID exists.
 	CreateTenant(ctx context.Context, t *Tenant) error
@@ -252,4 +254,48 @@ type EventWriter interface {
 	// e.FirstAt - window, it is updated (count, last_at, remote, detail)
 	// and created reports false; otherwise a new row is inserted.
 	RecordEvent(ctx context.Context, e *Event, window time.Duration) (created bool, err error)
+}
+
+// Device states.
+const (
+	DeviceActive         = "active"
+	DeviceDisabled       = "disabled"       // refused at connect and enrollment until enabled
+	DeviceQuarantined    = "quarantined"    // confined to attestation and OTA topics
+	DeviceDecommissioned = "decommissioned" // final
+)
+
+// Device is a registered device.
+type Device struct {
+	Tenant    string
+	ID        string
+	State     string
+	Group     string
+	Tags      map[string]string
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+// DeviceFilter selects devices of a tenant; zero fields match all.
+type DeviceFilter struct {
+	Tenant string
+	State  string
+	Group  string
+	Limit  int
+	After  string // keyset pagination: IDs after this one
+}
+
+// DeviceReader reads the device registry.
+type DeviceReader interface {
+	GetDevice(ctx context.Context, tenant, id string) (*Device, error)
+	ListDevices(ctx context.Context, f DeviceFilter) ([]*Device, error)
+	// ForEachDevice streams every device of every tenant (start-up cache).
+	ForEachDevice(ctx context.Context, fn func(*Device) error) error
+}
+
+// DeviceWriter changes the device registry.
+type DeviceWriter interface {
+	// CreateDevice inserts d; ErrConflict if it exists.
+	CreateDevice(ctx context.Context, d *Device) error
+	// SetDeviceState changes a device's state; ErrNotFound if absent.
+	SetDeviceState(ctx context.Context, tenant, id, state string, at time.Time) error
 }
