@@ -369,17 +369,28 @@ type mqttConn struct {
 	r       *bufio.Reader
 	version byte
 	nextID  uint16
+	connack packets.Packet
 }
 
 func (h *harness) dial(t testing.TB, cert *testCert) (*mqttConn, error) {
+	return h.dialFrom(t, cert, "")
+}
+
+// dialFrom dials from a chosen loopback source address (127.0.0.0/8 is all
+// loopback on Linux), to look like a second device elsewhere.
+func (h *harness) dialFrom(t testing.TB, cert *testCert, localIP string) (*mqttConn, error) {
 	t.Helper()
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	if localIP != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(localIP)}
+	}
 	roots := x509.NewCertPool()
 	roots.AddCert(h.pki.serverCA.cert)
 	cfg := &tls.Config{RootCAs: roots, ServerName: "localhost", MinVersion: tls.VersionTLS12}
 	if cert != nil {
 		cfg.Certificates = []tls.Certificate{cert.tls}
 	}
-	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", h.addr, cfg)
+	c, err := tls.DialWithDialer(d, "tcp", h.addr, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -427,6 +438,7 @@ func (m *mqttConn) read() (packets.Packet, error) {
 	if err != nil {
 		return pk, err
 	}
+	pk.FixedHeader.Remaining = n
 	body := make([]byte, n)
 	if _, err := io.ReadFull(m.r, body); err != nil {
 		return pk, err
@@ -473,6 +485,7 @@ func (m *mqttConn) connect(clientID string, version byte) (byte, error) {
 	if pk.FixedHeader.Type != packets.Connack {
 		return 0, fmt.Errorf("got packet type %d, want CONNACK", pk.FixedHeader.Type)
 	}
+	m.connack = pk
 	return pk.ReasonCode, nil
 }
 
@@ -545,3 +558,23 @@ func (m *mqttConn) closedWithin(d time.Duration) bool {
 }
 
 func certHash(c *testCert) [32]byte { return sha256.Sum256(c.leaf.Raw) }
+
+// fakeClock is an injected clock that moves only when told.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{now: time.Now()} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}

@@ -158,12 +158,22 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 	if pk.FixedHeader.Type != packets.Publish {
 		return pk, nil
 	}
-	if s := sessionOf(cl); s != nil {
-		ok, scope := h.b.lim.allowMessage(s, len(pk.TopicName)+len(pk.Payload))
-		s.limited = !ok
-		if !ok {
-			h.b.emitLimited(EventRateLimited, s, scope)
-		}
+	s := sessionOf(cl)
+	if s == nil {
+		return pk, nil
+	}
+	ok, scope := h.b.lim.allowMessage(s, len(pk.TopicName)+len(pk.Payload))
+	s.limited = !ok
+	if !ok {
+		h.b.emitLimited(EventRateLimited, s, scope)
+	}
+	// mochi silently drops publishes to $-topics and topics with wildcards,
+	// leaving a QoS 1 sender waiting forever. Route them into the normal
+	// refusal (PUBACK 0x87, or a disconnect for MQTT 3.1.1) instead.
+	s.refused = policy.ValidateTopic(pk.TopicName) != nil || strings.HasPrefix(pk.TopicName, "$")
+	if s.refused {
+		h.b.emitLimited(EventPolicyDenied, s, "publish to "+truncate(pk.TopicName))
+		pk.TopicName = refusedTopic
 	}
 	return pk, nil
 }
@@ -186,6 +196,9 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		return false
 	}
 	if write {
+		if s.refused {
+			return false
+		}
 		if s.rules.CanPublish(topic) {
 			return true
 		}

@@ -21,6 +21,9 @@ const (
 	// nsDenied prefixes filters refused by policy, so that the refusal can
 	// never be confused with a filter that happens to look namespaced.
 	nsDenied = "x/"
+	// refusedTopic replaces publish topics that are refused before policy,
+	// so mochi takes its ordinary not-authorized path.
+	refusedTopic = "x/refused"
 )
 
 func namespace(kind, tenant string) string { return kind + "/" + tenant + "/" }
@@ -48,7 +51,8 @@ type session struct {
 	cl      atomic.Pointer[mqtt.Client]
 	cut     atomic.Bool // set by Disconnect; checked when the session is established
 	subs    int         // touched only by the connection's read goroutine
-	limited bool
+	limited bool        // the publish being processed exceeded a rate limit
+	refused bool        // the publish being processed names a topic no policy may grant
 }
 
 func newSession(b *Broker, id Identity, remote string) *session {
