@@ -60,6 +60,8 @@ const (
 type Trust interface {
 	// IssuerPool returns the pool of every tenant's issuing CAs. The
 	// gateway treats them as trust anchors and never modifies the pool.
+	// Return the same *x509.CertPool until the set changes and a new one
+	// after: the gateway caches verified chains per pool.
 	IssuerPool() *x509.CertPool
 	// TenantForIssuer maps the CA that issued a verified client certificate
 	// to its tenant.
@@ -132,6 +134,10 @@ type Broker struct {
 	reg    *registry
 	lim    *limiter
 	slots  chan struct{} // bounds concurrent TLS handshakes
+	// verified hands identities from VerifyConnection to the connection
+	// goroutine, keyed by *x509.Certificate; entries live for one handshake.
+	verified sync.Map
+	chains   *chainCache
 
 	mu      sync.Mutex
 	started bool
@@ -152,12 +158,13 @@ func New(cfg Config, deps Deps) (*Broker, error) {
 		return nil, errors.New("broker: Trust, Gate and Ingest are required")
 	}
 	b := &Broker{
-		cfg:   cfg,
-		deps:  deps,
-		reg:   newRegistry(),
-		lim:   newLimiter(cfg.DeviceLimits, cfg.TenantLimits, cfg.Clock),
-		slots: make(chan struct{}, cfg.MaxPendingHandshakes),
-		done:  make(chan struct{}),
+		cfg:    cfg,
+		deps:   deps,
+		reg:    newRegistry(),
+		lim:    newLimiter(cfg.DeviceLimits, cfg.TenantLimits, cfg.Clock),
+		slots:  make(chan struct{}, cfg.MaxPendingHandshakes),
+		done:   make(chan struct{}),
+		chains: newChainCache(),
 	}
 	b.tlsCfg = b.baseTLSConfig()
 

@@ -49,8 +49,10 @@ const (
 	// client can subscribe to here; rarely, since it stops the world to read
 	// memory statistics.
 	sysTopicInterval = 3600
-	// netBufferSize is the per-connection read and write buffer.
-	netBufferSize = 1024
+	// netBufferSize is mochi's per-connection read buffer (and the write
+	// batching threshold). tls.Conn already buffers a whole record, so this
+	// only needs to hold a few small packets.
+	netBufferSize = 512
 	// maxTrackedIdentities bounds the connect-attempt buckets remembered for
 	// identities without a live session.
 	maxTrackedIdentities = 100_000

@@ -578,3 +578,20 @@ func (c *fakeClock) advance(d time.Duration) {
 	defer c.mu.Unlock()
 	c.now = c.now.Add(d)
 }
+
+// removeTenant drops a tenant's issuing CA, building a new pool as the real
+// Trust does when a tenant is deleted.
+func (f *fakeTrust) removeTenant(tenant string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	pool := x509.NewCertPool()
+	for raw, t := range f.tenants {
+		if t == tenant {
+			delete(f.tenants, raw)
+			continue
+		}
+		c, _ := x509.ParseCertificate([]byte(raw))
+		pool.AddCert(c)
+	}
+	f.pool = pool
+}

@@ -522,3 +522,27 @@ func TestMessageRateLimited(t *testing.T) {
 		t.Fatalf("ingest got %d messages, want 3", n)
 	}
 }
+
+// Cached chain verification must not outlive the trust it was made with: a
+// deleted tenant's devices are refused at once, even on reconnect.
+func TestChainCacheFollowsTrust(t *testing.T) {
+	pki := newTestPKI(t)
+	h := startBroker(t, pki, nil)
+	c := pki.device(t, "acme", "d1")
+	for i := 0; i < 2; i++ { // the second connect is served from the cache
+		m, err := h.dial(t, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.mustConnect("d1", v5)
+		m.c.Close()
+		waitFor(t, "session gone", 2*time.Second, func() bool { return h.b.Sessions().Devices == 0 })
+	}
+	h.trust.removeTenant("acme")
+	if m, err := h.dial(t, c); err == nil {
+		if _, err := m.connect("d1", v5); err == nil {
+			t.Fatal("device of a deleted tenant connected from the chain cache")
+		}
+	}
+	h.events.wait(t, EventHandshakeFailed, ReasonUnknownCA)
+}

