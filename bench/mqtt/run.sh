@@ -3,13 +3,16 @@
 # the same certificates and the same load generator, and print:
 #   server CPU µs per mTLS connect, KB per idle connection at N connections,
 #   QoS 0 and QoS 1 ingest messages/s, and Ward/mosquitto ratios.
+# The machine is shared, so connect and ingest runs alternate between the
+# two brokers for ROUNDS rounds and the medians are compared.
 # Usage: bench/mqtt/run.sh [idle-connections (default 10000)]
 set -euo pipefail
 
 N_IDLE=${1:-10000}
-N_CONNECT=${N_CONNECT:-3000}
+N_CONNECT=${N_CONNECT:-1000}
 CLIENTS=${CLIENTS:-20}
-MSGS=${MSGS:-5000}
+MSGS=${MSGS:-10000}
+ROUNDS=${ROUNDS:-3}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=$(mktemp -d)
 PIDS=()
@@ -34,6 +37,7 @@ echo "building..."
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 start_ward() {
+	: >"$WORK/ward.addr"
 	# See wardgw's doc comment: smaller goroutine stacks per idle connection.
 	GODEBUG=adaptivestackstart=0 "$WORK/wardgw" -certs "$WORK/certs" -addr 127.0.0.1:0 >"$WORK/ward.addr" 2>"$WORK/ward.log" &
 	WARD_PID=$!
@@ -59,7 +63,7 @@ keyfile $WORK/certs/server.key
 require_certificate true
 use_identity_as_username true
 CONF
-	mosquitto -c "$WORK/mosquitto.conf" &
+	mosquitto -c "$WORK/mosquitto.conf" 2>/dev/null &
 	MOSQ_PID=$!
 	PIDS+=("$MOSQ_PID")
 	MOSQ_ADDR=127.0.0.1:$port
@@ -69,46 +73,59 @@ CONF
 stop() { kill "$1"; wait "$1" 2>/dev/null || true; }
 
 OUT=$WORK/results.txt
-bench() { # name addr pid [settle-signal]
-	local name=$1 addr=$2 pid=$3 settle=${4:-0}
-	"$WORK/loadgen" idle -label "$name" -addr "$addr" -pid "$pid" -certs "$WORK/certs" -n "$N_IDLE" -c 16 -settle-signal "$settle" | tee -a "$OUT"
-	"$WORK/loadgen" connect -label "$name" -addr "$addr" -pid "$pid" -certs "$WORK/certs" -n "$N_CONNECT" -c 4 | tee -a "$OUT"
-	"$WORK/loadgen" ingest -label "$name" -addr "$addr" -pid "$pid" -certs "$WORK/certs" -qos 0 -clients "$CLIENTS" -msgs "$MSGS" | tee -a "$OUT"
-	"$WORK/loadgen" ingest -label "$name" -addr "$addr" -pid "$pid" -certs "$WORK/certs" -qos 1 -clients "$CLIENTS" -msgs "$MSGS" | tee -a "$OUT"
-}
+lg() { "$WORK/loadgen" "$@" -certs "$WORK/certs" | tee -a "$OUT"; }
 
-echo "== ward (pid, fresh process) =="
+echo "== idle memory, each broker fresh =="
 start_ward
-bench ward "$WARD_ADDR" "$WARD_PID" 10
+lg idle -label ward -addr "$WARD_ADDR" -pid "$WARD_PID" -n "$N_IDLE" -c 16 -settle-signal 10
 stop "$WARD_PID"
-
-echo "== mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}') =="
 start_mosquitto
-bench mosquitto "$MOSQ_ADDR" "$MOSQ_PID"
+lg idle -label mosquitto -addr "$MOSQ_ADDR" -pid "$MOSQ_PID" -n "$N_IDLE" -c 16
 stop "$MOSQ_PID"
 
+echo "== connect and ingest, alternating, $ROUNDS rounds =="
+start_ward
+start_mosquitto
+for r in $(seq "$ROUNDS"); do
+	for b in ward mosquitto; do
+		if [ "$b" = ward ]; then addr=$WARD_ADDR pid=$WARD_PID; else addr=$MOSQ_ADDR pid=$MOSQ_PID; fi
+		lg connect -label "$b" -addr "$addr" -pid "$pid" -n "$N_CONNECT" -c 4
+		lg ingest -label "$b" -addr "$addr" -pid "$pid" -qos 0 -clients "$CLIENTS" -msgs "$MSGS"
+		lg ingest -label "$b" -addr "$addr" -pid "$pid" -qos 1 -clients "$CLIENTS" -msgs "$MSGS"
+	done
+done
+
 python3 - "$OUT" <<'PY'
-import re, sys
+import re, statistics, sys
 r = {}
+def add(name, key, v):
+    r.setdefault((name, key), []).append(v)
 for line in open(sys.argv[1]):
     name = line.split()[0]
     if m := re.search(r"= ([\d.]+) KB/connection", line):
-        key = "kb_settled" if "after GC" in line else "kb"
-        r[(name, key)] = float(m.group(1))
+        add(name, "kb_settled" if "after GC" in line else "kb", float(m.group(1)))
     if m := re.search(r"= (\d+) µs/connect", line):
-        r[(name, "us")] = float(m.group(1))
+        add(name, "us", float(m.group(1)))
     if m := re.search(r"QoS (\d).* = (\d+) msg/s", line):
-        r[(name, "qos" + m.group(1))] = float(m.group(2))
+        add(name, "qos" + m.group(1), float(m.group(2)))
+def med(name, k):
+    v = r.get((name, k))
+    return statistics.median(v) if v else None
+def rng(name, k):
+    v = r.get((name, k))
+    return "%.0f-%.0f" % (min(v), max(v)) if v and len(v) > 1 else ""
 print()
-print("%-34s %12s %12s %8s  goal" % ("", "ward", "mosquitto", "ratio"))
+print("medians (range)                    %22s %22s %6s  goal" % ("ward", "mosquitto", "ratio"))
 rows = [("server CPU µs per mTLS connect", "us", "<= 560 µs"),
         ("KB per idle connection", "kb", "<= mosquitto"),
         ("QoS 0 ingest msg/s", "qos0", ""),
         ("QoS 1 ingest msg/s", "qos1", ">= mosquitto")]
 for label, k, goal in rows:
-    w, m = r.get(("ward", k)), r.get(("mosquitto", k))
+    w, m = med("ward", k), med("mosquitto", k)
     ratio = "%.2f" % (w / m) if w and m else "-"
-    print("%-34s %12s %12s %8s  %s" % (label, w, m, ratio, goal))
-if ("ward", "kb_settled") in r:
-    print("%-34s %12s" % ("KB per idle conn (ward, after GC)", r[("ward", "kb_settled")]))
+    fw = "%.1f (%s)" % (w, rng("ward", k)) if w is not None else "-"
+    fm = "%.1f (%s)" % (m, rng("mosquitto", k)) if m is not None else "-"
+    print("%-34s %22s %22s %6s  %s" % (label, fw, fm, ratio, goal))
+if med("ward", "kb_settled"):
+    print("%-34s %22.1f" % ("KB per idle conn, ward after GC", med("ward", "kb_settled")))
 PY

@@ -546,3 +546,39 @@ func TestChainCacheFollowsTrust(t *testing.T) {
 	}
 	h.events.wait(t, EventHandshakeFailed, ReasonUnknownCA)
 }
+
+// One tenant's devices together cannot exceed the tenant's rate, however
+// many devices it spreads the load over.
+func TestTenantRateLimited(t *testing.T) {
+	pki := newTestPKI(t)
+	clock := newFakeClock()
+	h := startBroker(t, pki, func(c *Config) {
+		c.Clock = clock.Now
+		c.TenantLimits = Limits{MessagesPerSecond: 2}
+	})
+	var conns []*mqttConn
+	for _, d := range []string{"d1", "d2"} {
+		m, err := h.dial(t, pki.device(t, "acme", d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.mustConnect(d, v5)
+		conns = append(conns, m)
+	}
+	for i, want := range []byte{0, 0, packets.ErrQuotaExceeded.Code} {
+		m, dev := conns[i%2], []string{"d1", "d2"}[i%2]
+		if code, err := m.publish("ward/v1/"+dev+"/telemetry/t", []byte("x"), 1); err != nil || code != want {
+			t.Fatalf("publish %d: 0x%02x %v, want 0x%02x", i, code, err, want)
+		}
+	}
+	h.events.wait(t, EventRateLimited, "tenant messages per second")
+	// Another tenant has its own budget.
+	m, err := h.dial(t, pki.device(t, "beta", "d1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.mustConnect("d1", v5)
+	if code, err := m.publish("ward/v1/d1/telemetry/t", []byte("x"), 1); err != nil || code != 0 {
+		t.Fatalf("other tenant throttled: 0x%02x %v", code, err)
+	}
+}

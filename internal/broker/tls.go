@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -290,9 +291,10 @@ func (l *tlsListener) handle(raw net.Conn, establish listeners.EstablishFn) {
 	// an idle connection.
 	go func() {
 		s := newSession(b, id, remote)
-		_ = establish(l.id, &conn{Conn: tc, sess: s})
+		c := &conn{Conn: tc, sess: s}
+		_ = establish(l.id, c)
 		b.reg.remove(s)
-		tc.Close()
+		c.Close()
 	}()
 }
 
@@ -321,9 +323,82 @@ func (l *tlsListener) Close(closeClients listeners.CloseFn) {
 	l.ln.Close()
 }
 
+// maxCoalesce bounds the bytes of replies held back for one write; the
+// buffer is dropped when it grew larger than coalesceKeep so that idle
+// connections do not keep it.
+const (
+	maxCoalesce  = 16 << 10
+	coalesceKeep = 1 << 10
+)
+
 // conn carries the session bound to a verified TLS connection into mochi's
-// hooks.
+// hooks, and coalesces replies: while the connection's goroutine handles a
+// batch of input, what it writes (PUBACKs, mostly) is held and sent in one
+// TLS record and one system call when it next reads. mochi would otherwise
+// write each acknowledgement on its own.
 type conn struct {
 	*tls.Conn
 	sess *session
+
+	mu   sync.Mutex
+	busy bool // input is being handled; writes wait for the next Read
+	buf  []byte
+}
+
+func (c *conn) Read(p []byte) (int, error) {
+	c.mu.Lock()
+	c.busy = false
+	err := c.flushLocked()
+	c.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.mu.Lock()
+		c.busy = true
+		c.mu.Unlock()
+	}
+	return n, err
+}
+
+func (c *conn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.busy && len(c.buf)+len(p) <= maxCoalesce {
+		c.buf = append(c.buf, p...)
+		return len(p), nil
+	}
+	if err := c.flushLocked(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *conn) flushLocked() error {
+	if len(c.buf) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.buf)
+	if cap(c.buf) > coalesceKeep {
+		c.buf = nil
+	} else {
+		c.buf = c.buf[:0]
+	}
+	return err
+}
+
+// closeFlushTimeout bounds how long Close waits to send held replies to a
+// peer that does not read, so cutting a session stays fast.
+const closeFlushTimeout = 250 * time.Millisecond
+
+// Close sends what is held (a refusing CONNACK, say) before closing.
+func (c *conn) Close() error {
+	c.mu.Lock()
+	if len(c.buf) > 0 {
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(closeFlushTimeout))
+		_ = c.flushLocked()
+	}
+	c.mu.Unlock()
+	return c.Conn.Close()
 }
