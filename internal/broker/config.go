@@ -85,6 +85,7 @@ type Config struct {
 	// GetCertificate returns the gateway's own TLS certificate.
 	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
 
+	// Limits; zero means the Default... constant of the same name.
 	HandshakeTimeout     time.Duration
 	ConnectTimeout       time.Duration
 	MaxPendingHandshakes int
@@ -96,9 +97,11 @@ type Config struct {
 	MaxKeepalive         time.Duration
 	MaxSessionExpiry     time.Duration
 
-	// DeviceLimits apply to each device (or service) identity.
+	// DeviceLimits apply to each device (or service) identity; the zero
+	// value means DefaultDeviceLimits.
 	DeviceLimits Limits
-	// TenantLimits apply to all identities of a tenant together.
+	// TenantLimits apply to all identities of a tenant together; zero
+	// rates are unlimited.
 	TenantLimits Limits
 	// SharedCert decides, per tenant, what a cloned certificate triggers.
 	// Nil means RefuseNewcomer for every tenant.

@@ -268,13 +268,6 @@ func (b *Bound) CanSubscribe(f string) bool {
 	return false
 }
 
-// Receives reports whether a message on topic name t may be delivered to
-// the identity; it is CanSubscribe for a single topic, used as a second
-// check at delivery time.
-func (b *Bound) Receives(t string) bool {
-	return ValidateTopic(t) == nil && b.CanSubscribe(t)
-}
-
 func truncate(s string) string {
 	if len(s) > 64 {
 		return s[:64] + "..."
