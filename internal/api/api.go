@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/wardiot/ward/internal/audit"
+	"github.com/wardiot/ward/internal/fleet"
 	"github.com/wardiot/ward/internal/monitor"
 	"github.com/wardiot/ward/internal/pki"
 	"github.com/wardiot/ward/internal/store"
@@ -63,6 +64,7 @@ type Deps struct {
 	// with the tenant's data key).
 	CAKeys  func(ctx context.Context, tenant string) (pki.KeyManager, error)
 	Monitor *monitor.Monitor
+	Fleet   *fleet.Registry
 	Log     *slog.Logger
 	Now     func() time.Time
 }
@@ -81,6 +83,9 @@ func New(d Deps) *API {
 	a.eventRoutes()
 	if d.PKI != nil {
 		a.pkiRoutes()
+	}
+	if d.Fleet != nil {
+		a.deviceRoutes()
 	}
 	return a
 }

@@ -164,7 +164,12 @@ type Authority struct {
 	cas map[string]*caState // by CA ID
 
 	crlKick chan struct{} // buffered(1): some CRL is dirty
+	gen     atomic.Uint64 // bumped whenever the set of CAs changes
 }
+
+// Generation changes whenever a CA is added, retired or dropped, so that
+// callers caching trust pools (the gateway) know when to rebuild them.
+func (a *Authority) Generation() uint64 { return a.gen.Load() }
 
 // caState is a CA loaded in memory.
 type caState struct {
@@ -419,6 +424,7 @@ func (a *Authority) CreateTenantCAs(ctx context.Context, tenant string, alg Algo
 	}
 	a.mu.Lock()
 	a.cas[rootID] = rootSt
+	a.gen.Add(1)
 	a.mu.Unlock()
 	if err := a.audit(ctx, Event{Action: "ca.create", Tenant: tenant, CAID: rootID}); err != nil {
 		return TenantCAs{}, err
@@ -488,6 +494,7 @@ func (a *Authority) NewIssuingCA(ctx context.Context, tenant string, alg Algorit
 		}
 	}
 	a.cas[id] = st
+	a.gen.Add(1)
 	a.mu.Unlock()
 	for _, o := range old {
 		upd := o.rec
@@ -615,6 +622,7 @@ func (a *Authority) DropTenant(tenant string) {
 	for id, st := range a.cas {
 		if st.rec.Tenant == tenant {
 			delete(a.cas, id)
+			a.gen.Add(1)
 		}
 	}
 }

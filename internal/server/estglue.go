@@ -12,6 +12,7 @@ import (
 
 	"github.com/wardiot/ward/internal/audit"
 	"github.com/wardiot/ward/internal/est"
+	"github.com/wardiot/ward/internal/fleet"
 	"github.com/wardiot/ward/internal/monitor"
 	"github.com/wardiot/ward/internal/pki"
 	"github.com/wardiot/ward/internal/store"
@@ -162,11 +163,23 @@ func (e *estCA) Enroll(ctx context.Context, r *est.Request) ([]*x509.Certificate
 	// One audit entry records the enrollment and the certificate, in the
 	// same transaction.
 	ctx = audit.WithIssue(audit.WithActor(ctx, actor), "est.enroll", "token="+tk.ID)
+	if err := e.deviceUsable(ctx, tid, device, actor, "est.enroll"); err != nil {
+		return nil, err
+	}
+	var registered func()
 	ctx = withIssueHook(ctx, func(tx store.Tx) error {
-		_, err := e.s.Tokens.Redeem(ctx, tx, tok, tid, device)
+		if _, err := e.s.Tokens.Redeem(ctx, tx, tok, tid, device); err != nil {
+			return err
+		}
+		// Just-in-time registration, in the same transaction.
+		var err error
+		registered, err = e.s.Fleet.RegisterTx(ctx, tx, fleet.Registration{Tenant: tid, Device: device})
 		return err
 	})
 	iss, err := e.s.PKI.Issue(ctx, pki.IssueRequest{Tenant: tid, Profile: pki.ProfileDevice, Device: device, Checked: checked})
+	if err == nil && registered != nil {
+		registered()
+	}
 	var he *hookError
 	if errors.As(err, &he) {
 		return nil, e.tokenRefused(ctx, actor, tid, device, tk, he.err)
@@ -176,6 +189,16 @@ func (e *estCA) Enroll(ctx context.Context, r *est.Request) ([]*x509.Certificate
 		return nil, estIssueErr(err)
 	}
 	return append([]*x509.Certificate{iss.Cert}, iss.Chain...), nil
+}
+
+// deviceUsable refuses enrollment of a disabled or decommissioned device.
+func (e *estCA) deviceUsable(ctx context.Context, tid, device, actor, action string) error {
+	switch st, _ := e.s.Fleet.State(tid, device); st {
+	case store.DeviceDisabled, store.DeviceDecommissioned:
+		e.audit(ctx, actor, action, tid, "device:"+device, audit.ResultDenied, "device "+st)
+		return est.Forbidden("this device is "+st, nil)
+	}
+	return nil
 }
 
 // tokenRefused audits a refused enrollment token and says why, without
@@ -277,6 +300,9 @@ func (e *estCA) Reenroll(ctx context.Context, r *est.Request) ([]*x509.Certifica
 		return nil, err
 	}
 	actor := "device:" + tid + "/" + device
+	if err := e.deviceUsable(ctx, tid, device, actor, "est.reenroll"); err != nil {
+		return nil, err
+	}
 	// Renewal is rotation: the new key must never have been certified for
 	// this device before.
 	spki := sha256.Sum256(r.CSR.RawSubjectPublicKeyInfo)

@@ -19,7 +19,9 @@ import (
 	"github.com/wardiot/ward/internal/api"
 	"github.com/wardiot/ward/internal/audit"
 	"github.com/wardiot/ward/internal/config"
+	"github.com/wardiot/ward/internal/broker"
 	"github.com/wardiot/ward/internal/est"
+	"github.com/wardiot/ward/internal/fleet"
 	"github.com/wardiot/ward/internal/monitor"
 	"github.com/wardiot/ward/internal/pki"
 	"github.com/wardiot/ward/internal/pki/pkcs11"
@@ -44,6 +46,12 @@ type Server struct {
 	API     *api.API
 	PKI     *pki.Authority
 	EST     *est.Handler
+	Fleet   *fleet.Registry
+	Gateway *broker.Broker
+	// Policies picks each identity's topic policy (nil: built-in default).
+	Policies broker.Policies
+	serverCert *tls.Certificate
+	mqttLn     net.Listener
 	Monitor *monitor.Monitor
 	monStop context.CancelFunc
 	hsm     *pkcs11.Manager
@@ -110,6 +118,13 @@ func (s *Server) open(ctx context.Context) error {
 	if s.httpLn, err = net.Listen("tcp", s.cfg.HTTPAddr); err != nil {
 		return fmt.Errorf("http listener: %w", err)
 	}
+	if s.mqttLn, err = net.Listen("tcp", s.cfg.MQTTAddr); err != nil {
+		return fmt.Errorf("mqtt listener: %w", err)
+	}
+	s.serverCert, err = s.ca.issueServerCert(append([]string{hostOf(s.cfg.APIAddr), hostOf(s.cfg.MQTTAddr)}, s.cfg.Hostnames...))
+	if err != nil {
+		return fmt.Errorf("issue server certificate: %w", err)
+	}
 	s.baseURL = s.cfg.PublicURL
 	if s.baseURL == "" {
 		host, port, _ := net.SplitHostPort(s.httpLn.Addr().String())
@@ -126,6 +141,17 @@ func (s *Server) open(ctx context.Context) error {
 	if err := s.openPKI(ctx); err != nil {
 		return err
 	}
+	s.Fleet = fleet.New(s.store, s.now)
+	if err := s.Fleet.Load(ctx); err != nil {
+		return err
+	}
+	s.Tenants.AfterDelete(func(ctx context.Context, id string) { s.Fleet.DropTenant(id) })
+	if s.Policies == nil {
+		s.Policies = policySource{}
+	}
+	if err := s.openGateway(); err != nil {
+		return err
+	}
 	s.EST, err = est.New(&estCA{s: s, renewGrace: s.cfg.RenewGrace}, est.WithObserver(func(ev est.Event) {
 		if ev.Status >= 500 {
 			s.log.Error("est request failed", "op", ev.Op, "label", ev.Label, "remote", ev.RemoteAddr, "status", ev.Status, "err", ev.Err)
@@ -136,7 +162,7 @@ func (s *Server) open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.API = api.New(api.Deps{Store: s.store, Tenants: s.Tenants, Tokens: s.Tokens, PKI: s.PKI, CAKeys: s.caKeys, Monitor: s.Monitor, Log: s.log, Now: s.now})
+	s.API = api.New(api.Deps{Store: s.store, Tenants: s.Tenants, Tokens: s.Tokens, PKI: s.PKI, CAKeys: s.caKeys, Monitor: s.Monitor, Fleet: s.Fleet, Log: s.log, Now: s.now})
 	return s.firstStart(ctx)
 }
 
@@ -270,12 +296,8 @@ func hostOf(addr string) string {
 // Start binds the listeners and serves in the background. The bound
 // addresses (useful with port 0) are recorded in ward.json.
 func (s *Server) Start(ctx context.Context) error {
-	cert, err := s.ca.issueServerCert(append([]string{hostOf(s.cfg.APIAddr), hostOf(s.cfg.MQTTAddr)}, s.cfg.Hostnames...))
-	if err != nil {
-		return fmt.Errorf("issue server certificate: %w", err)
-	}
 	tc := TLSConfig()
-	tc.Certificates = []tls.Certificate{*cert}
+	tc.Certificates = []tls.Certificate{*s.serverCert}
 	tc.NextProtos = []string{"h2", "http/1.1"}
 	// EST re-enrollment authenticates with the device certificate: ask
 	// for one (never require it: API clients and first enrollments have
@@ -283,7 +305,7 @@ func (s *Server) Start(ctx context.Context) error {
 	est.ConfigureTLS(tc)
 
 	apiLn, httpLn := s.apiLn, s.httpLn
-	s.serveErr = make(chan error, 2)
+	s.serveErr = make(chan error, 3)
 	runCtx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	go s.PKI.Run(runCtx)
@@ -313,16 +335,21 @@ func (s *Server) Start(ctx context.Context) error {
 	s.servers = []*http.Server{apiSrv, httpSrv}
 	go func() { s.serveErr <- apiSrv.Serve(tls.NewListener(apiLn, tc)) }()
 	go func() { s.serveErr <- httpSrv.Serve(httpLn) }()
+	go func() {
+		if err := s.Gateway.Serve(s.mqttLn); err != nil && !errors.Is(err, broker.ErrClosed) {
+			s.serveErr <- err
+		}
+	}()
 
 	st, _ := ReadState(s.cfg.DataDir)
 	if st == nil {
 		st = &State{Initialized: s.now().UTC()}
 	}
-	st.APIAddr, st.HTTPAddr, st.MQTTAddr = apiLn.Addr().String(), httpLn.Addr().String(), s.cfg.MQTTAddr
+	st.APIAddr, st.HTTPAddr, st.MQTTAddr = apiLn.Addr().String(), httpLn.Addr().String(), s.mqttLn.Addr().String()
 	if err := s.writeState(st); err != nil {
 		return err
 	}
-	s.log.Info("ward server listening", "api", "https://"+st.APIAddr, "http", "http://"+st.HTTPAddr, "public_url", s.baseURL,
+	s.log.Info("ward server listening", "api", "https://"+st.APIAddr, "mqtt", "mqtts://"+st.MQTTAddr, "http", "http://"+st.HTTPAddr, "public_url", s.baseURL,
 		"store", s.store.Dialect(), "ca_keys", s.cfg.CAKeys)
 	return nil
 }
@@ -335,6 +362,14 @@ func (s *Server) APIAddr() string {
 		return ""
 	}
 	return s.apiLn.Addr().String()
+}
+
+// MQTTAddr is the bound MQTT address.
+func (s *Server) MQTTAddr() string {
+	if s.mqttLn == nil {
+		return ""
+	}
+	return s.mqttLn.Addr().String()
 }
 
 // HTTPAddr is the bound plain-HTTP address (after Start).
@@ -374,10 +409,13 @@ func (s *Server) Close() error {
 	for _, srv := range s.servers {
 		srv.Shutdown(ctx)
 	}
+	if s.Gateway != nil {
+		s.Gateway.Close()
+	}
 	if s.cancel != nil {
 		s.cancel()
 	}
-	for _, ln := range []net.Listener{s.apiLn, s.httpLn} {
+	for _, ln := range []net.Listener{s.apiLn, s.httpLn, s.mqttLn} {
 		if ln != nil {
 			ln.Close()
 		}
