@@ -18,8 +18,8 @@ import (
 
 	"github.com/wardiot/ward/internal/api"
 	"github.com/wardiot/ward/internal/audit"
-	"github.com/wardiot/ward/internal/config"
 	"github.com/wardiot/ward/internal/broker"
+	"github.com/wardiot/ward/internal/config"
 	"github.com/wardiot/ward/internal/est"
 	"github.com/wardiot/ward/internal/fleet"
 	"github.com/wardiot/ward/internal/monitor"
@@ -49,14 +49,14 @@ type Server struct {
 	Fleet   *fleet.Registry
 	Gateway *broker.Broker
 	// Policies picks each identity's topic policy (nil: built-in default).
-	Policies broker.Policies
+	Policies   broker.Policies
 	serverCert *tls.Certificate
 	mqttLn     net.Listener
-	Monitor *monitor.Monitor
-	monStop context.CancelFunc
-	hsm     *pkcs11.Manager
-	baseURL string
-	cancel  context.CancelFunc
+	Monitor    *monitor.Monitor
+	monStop    context.CancelFunc
+	hsm        *pkcs11.Manager
+	baseURL    string
+	cancel     context.CancelFunc
 
 	mu       sync.Mutex
 	apiLn    net.Listener
