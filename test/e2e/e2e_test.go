@@ -39,9 +39,10 @@ func TestMain(m *testing.M) {
 
 // proc is a running `ward server`.
 type proc struct {
-	cmd     *exec.Cmd
-	apiAddr string
-	dir     string
+	cmd      *exec.Cmd
+	apiAddr  string
+	mqttAddr string
+	dir      string
 }
 
 // startServer runs `ward server` on random loopback ports and waits for its
@@ -66,10 +67,12 @@ func startServer(t *testing.T, dir string, extra ...string) *proc {
 		sent := false
 		for sc.Scan() {
 			var line struct {
-				Msg string `json:"msg"`
-				API string `json:"api"`
+				Msg  string `json:"msg"`
+				API  string `json:"api"`
+				MQTT string `json:"mqtt"`
 			}
 			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "ward server listening" && !sent {
+				p.mqttAddr = strings.TrimPrefix(line.MQTT, "mqtts://")
 				found <- strings.TrimPrefix(line.API, "https://")
 				sent = true
 			}
