@@ -15,10 +15,3 @@ func (s *Server) ingestHandlers() map[string]func(ctx context.Context, id broker
 	}
 	return h
 }
-
-// ingestTelemetry accepts a device's telemetry. Verification of the signed
-// envelope is added with the telemetry pipeline.
-func (s *Server) ingestTelemetry(ctx context.Context, id broker.Identity, rest string, payload []byte) error {
-	s.log.Debug("telemetry received", "tenant", id.Tenant, "device", id.Device, "topic", rest, "bytes", len(payload))
-	return nil
-}

@@ -17,6 +17,9 @@ import (
 type pkiStore struct {
 	s   store.Store
 	now func() time.Time
+	// recorded, if set, hears of every certificate recorded (the
+	// telemetry key cache drops the device's entry).
+	recorded func(tenant, device string)
 }
 
 var (
@@ -150,7 +153,7 @@ func (a pkiAuditor) Audit(ctx context.Context, e pki.Event) error {
 // RecordCertAudited implements pki.AuditingStore: the certificate and its
 // audit entry commit together.
 func (p pkiStore) RecordCertAudited(ctx context.Context, rec pki.CertRecord, ev pki.Event) error {
-	return mapErr(p.s.InTx(ctx, func(tx store.Tx) error {
+	err := mapErr(p.s.InTx(ctx, func(tx store.Tx) error {
 		if hook, ok := ctx.Value(issueHookKey{}).(func(store.Tx) error); ok {
 			if err := hook(tx); err != nil {
 				return &hookError{err}
@@ -162,6 +165,10 @@ func (p pkiStore) RecordCertAudited(ctx context.Context, rec pki.CertRecord, ev 
 		_, err := audit.Append(ctx, tx, p.now(), pkiEntry(ctx, ev))
 		return err
 	}))
+	if err == nil && p.recorded != nil {
+		p.recorded(rec.Tenant, rec.Device)
+	}
+	return err
 }
 
 // pkiEntry turns an authority event into an audit entry, naming the actor

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/wardiot/ward/internal/api"
 	"github.com/wardiot/ward/internal/audit"
 	"github.com/wardiot/ward/internal/broker"
@@ -28,6 +29,7 @@ import (
 	"github.com/wardiot/ward/internal/store"
 	"github.com/wardiot/ward/internal/store/postgres"
 	"github.com/wardiot/ward/internal/store/sqlite"
+	"github.com/wardiot/ward/internal/telemetry"
 	"github.com/wardiot/ward/internal/tenant"
 	"github.com/wardiot/ward/wire"
 )
@@ -52,11 +54,18 @@ type Server struct {
 	Policies   broker.Policies
 	serverCert *tls.Certificate
 	mqttLn     net.Listener
-	Monitor    *monitor.Monitor
-	monStop    context.CancelFunc
-	hsm        *pkcs11.Manager
-	baseURL    string
-	cancel     context.CancelFunc
+
+	Schemas       *telemetry.Registry
+	Verifier      *telemetry.Verifier
+	telemetryKeys *telemetryKeys
+	window        *windowSink
+	sinks         telemetry.Sink
+	nats          *nats.Conn
+	Monitor       *monitor.Monitor
+	monStop       context.CancelFunc
+	hsm           *pkcs11.Manager
+	baseURL       string
+	cancel        context.CancelFunc
 
 	mu       sync.Mutex
 	apiLn    net.Listener
@@ -149,6 +158,9 @@ func (s *Server) open(ctx context.Context) error {
 	if s.Policies == nil {
 		s.Policies = policySource{}
 	}
+	if err := s.openTelemetry(ctx); err != nil {
+		return err
+	}
 	if err := s.openGateway(); err != nil {
 		return err
 	}
@@ -184,7 +196,11 @@ func (s *Server) openPKI(ctx context.Context) error {
 		}
 	}
 	s.PKI, err = pki.New(ctx, pki.Config{
-		Store:      pkiStore{s: s.store, now: s.now},
+		Store: pkiStore{s: s.store, now: s.now, recorded: func(tenant, device string) {
+			if s.telemetryKeys != nil {
+				s.telemetryKeys.invalidate(tenant, device)
+			}
+		}},
 		Keys:       s.caKeys,
 		BaseURL:    s.baseURL,
 		IssuerURLs: true,
@@ -419,6 +435,12 @@ func (s *Server) Close() error {
 		if ln != nil {
 			ln.Close()
 		}
+	}
+	if s.window != nil {
+		s.window.close()
+	}
+	if s.nats != nil {
+		s.nats.Drain()
 	}
 	if s.monStop != nil {
 		s.monStop()

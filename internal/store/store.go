@@ -84,6 +84,7 @@ type Reader interface {
 	PKIReader
 	EventReader
 	DeviceReader
+	TelemetryReader
 	GetTenant(ctx context.Context, id string) (*Tenant, error)
 	ListTenants(ctx context.Context) ([]*Tenant, error)
 
@@ -108,6 +109,7 @@ type Tx interface {
 	PKIWriter
 	EventWriter
 	DeviceWriter
+	TelemetryWriter
 
 	// CreateTenant fails with ErrConflict if the ID exists.
 	CreateTenant(ctx context.Context, t *Tenant) error
@@ -298,4 +300,44 @@ type DeviceWriter interface {
 	CreateDevice(ctx context.Context, d *Device) error
 	// SetDeviceState changes a device's state; ErrNotFound if absent.
 	SetDeviceState(ctx context.Context, tenant, id, state string, at time.Time) error
+}
+
+// Schema is a registered telemetry schema version.
+type Schema struct {
+	Tenant    string
+	ID        string
+	Version   uint32
+	Doc       []byte
+	CreatedAt time.Time
+}
+
+// Reading is one verified telemetry message kept in the recent window.
+type Reading struct {
+	Tenant, Device, Stream string
+	Seq                    uint64
+	Time, Received         time.Time
+	SchemaID               string
+	SchemaVersion          uint32
+	Payload                []byte // JSON without confidential fields
+	Sealed                 []byte // confidential fields, sealed; nil if none
+}
+
+// TelemetryReader reads schemas and the recent telemetry window.
+type TelemetryReader interface {
+	ListSchemas(ctx context.Context, tenant string) ([]*Schema, error)
+	// ForEachSchema streams every schema of every tenant (start-up).
+	ForEachSchema(ctx context.Context, fn func(*Schema) error) error
+	// RecentReadings returns a device's newest readings, newest first.
+	RecentReadings(ctx context.Context, tenant, device string, limit int) ([]*Reading, error)
+}
+
+// TelemetryWriter writes schemas and readings.
+type TelemetryWriter interface {
+	// PutSchema stores a schema version; ErrConflict if it exists.
+	PutSchema(ctx context.Context, s *Schema) error
+	// PutReadings stores verified readings; duplicates (same tenant,
+	// device, seq) are ignored.
+	PutReadings(ctx context.Context, rs []*Reading) error
+	// PruneReadings deletes readings received before t.
+	PruneReadings(ctx context.Context, before time.Time) (int64, error)
 }
