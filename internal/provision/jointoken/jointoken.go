@@ -74,7 +74,9 @@ type Authenticator struct {
 var _ provision.Authenticator = (*Authenticator)(nil)
 
 // New returns an authenticator.
-func New(s provision.Store, now func() time.Time) *Authenticator { return &Authenticator{store: s, now: now} }
+func New(s provision.Store, now func() time.Time) *Authenticator {
+	return &Authenticator{store: s, now: now}
+}
 
 func parse(s string) (id, secret string, ok bool) {
 	if len(s) > maxTokenLen {

@@ -210,9 +210,11 @@ func (s *Store) ConsumeNonce(_ context.Context, k string, expires, now time.Time
 	if exp, ok := s.nonces[k]; ok && exp.After(now) {
 		return provision.ErrConflict
 	}
-	for n, exp := range s.nonces {
-		if !exp.After(now) {
-			delete(s.nonces, n)
+	if len(s.nonces)%1024 == 1023 { // sweep now and then, not on every call
+		for n, exp := range s.nonces {
+			if !exp.After(now) {
+				delete(s.nonces, n)
+			}
 		}
 	}
 	s.nonces[k] = expires

@@ -38,7 +38,9 @@ const GroupKeySize = 32
 const MaxReplayCache = 60000
 
 // GroupKeyAAD is the sealing context of a group key.
-func GroupKeyAAD(groupID string) []byte { return []byte("ward provision symmetric group key\x00" + groupID) }
+func GroupKeyAAD(groupID string) []byte {
+	return []byte("ward provision symmetric group key\x00" + groupID)
+}
 
 // NewGroupKey makes a random group key for g and returns it and its
 // sealed form (for provision.SymmetricConfig.SealedKey). Show the key to
