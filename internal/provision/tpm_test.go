@@ -54,7 +54,9 @@ func (r *rawTPM) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-func (r *rawTPM) MeasurementLog() ([]byte, error) { return nil, errors.New("no event log on this simulator") }
+func (r *rawTPM) MeasurementLog() ([]byte, error) {
+	return nil, errors.New("no event log on this simulator")
+}
 
 // device is the agent side: a TPM opened with go-attestation.
 type device struct {

@@ -173,15 +173,15 @@ func ParseWebhookResponse(b []byte) (*WebhookResponse, error) {
 	}
 	if r.Template != nil {
 		var t Template
-		if err := r.Template.apply(&t); err != nil {
+		if err := r.Template.Apply(&t); err != nil {
 			return nil, err
 		}
 	}
 	return &r, nil
 }
 
-// apply overrides t with the fields present in w and validates the result.
-func (w *WebhookTemplate) apply(t *Template) error {
+// Apply overrides t with the fields present in w and validates the result.
+func (w *WebhookTemplate) Apply(t *Template) error {
 	if w.Policy != nil {
 		t.Policy = *w.Policy
 	}
@@ -277,7 +277,7 @@ func (p *Provisioner) callWebhook(ctx context.Context, g *Group, e *Enrollment, 
 	}
 	t := cloneTemplate(e.Template)
 	if wr.Template != nil {
-		if err := wr.Template.apply(&t); err != nil {
+		if err := wr.Template.Apply(&t); err != nil {
 			return Template{}, &Error{Reason: ReasonWebhookFailed, Err: err}
 		}
 	}
