@@ -222,6 +222,12 @@ func better(a, b error) bool {
 // (Enrollment.Tenant, Enrollment.DeviceID) to req.CSR's key with the
 // template's profile and lifetime.
 //
+// Registration and the success audit entry are two writes: if the Auditor
+// fails after the record was created, Enroll returns that error and the
+// caller must not issue; the device then meets ReasonAlreadyProvisioned
+// on retry unless its group allows re-provisioning. The server avoids this
+// by implementing Store and Auditor over one transaction per call.
+//
 // Order of checks: label and mechanism; the credential (authenticator,
 // which consumes single-use credentials); the CSR names the proven
 // device; the registry (a device ID already provisioned is refused unless
@@ -229,7 +235,7 @@ func better(a, b error) bool {
 func (p *Provisioner) Enroll(ctx context.Context, label string, req *Request) (*Enrollment, error) {
 	mech, ok := mechanismOf(req)
 	tenant, _, _ := strings.Cut(label, ".")
-	ev := SecurityEvent{Tenant: tenant, Mechanism: mech, RemoteAddr: req.RemoteAddr}
+	ev := SecurityEvent{Tenant: clip(tenant), Mechanism: mech, RemoteAddr: req.RemoteAddr}
 	if !ok {
 		return nil, p.refuse(ctx, ev, Refuse(ReasonNoCredential, "no bootstrap credential presented"))
 	}
