@@ -61,6 +61,9 @@ type Server struct {
 	window        *windowSink
 	sinks         telemetry.Sink
 	nats          *nats.Conn
+
+	closeOnce sync.Once
+	closeErr  error
 	Monitor       *monitor.Monitor
 	monStop       context.CancelFunc
 	hsm           *pkcs11.Manager
@@ -420,6 +423,11 @@ func (s *Server) Run(ctx context.Context) error {
 // Close stops the listeners (waiting up to 10 s for requests in flight) and
 // closes the store.
 func (s *Server) Close() error {
+	s.closeOnce.Do(func() { s.closeErr = s.close() })
+	return s.closeErr
+}
+
+func (s *Server) close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, srv := range s.servers {
