@@ -188,6 +188,10 @@ type Agent struct {
 	next     time.Time // next renewal attempt
 	failures int       // consecutive failed attempts
 	lastErr  error
+
+	seqOnce sync.Once // telemetry sequence numbers
+	seq     *sequencer
+	seqErr  error
 }
 
 // New loads the identity saved in cfg.StateDir and its key. Fields of cfg

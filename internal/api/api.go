@@ -65,6 +65,7 @@ type Deps struct {
 	CAKeys  func(ctx context.Context, tenant string) (pki.KeyManager, error)
 	Monitor *monitor.Monitor
 	Fleet   *fleet.Registry
+	Schemas SchemaRegistry
 	Log     *slog.Logger
 	Now     func() time.Time
 }
@@ -86,6 +87,9 @@ func New(d Deps) *API {
 	}
 	if d.Fleet != nil {
 		a.deviceRoutes()
+	}
+	if d.Schemas != nil {
+		a.telemetryRoutes()
 	}
 	return a
 }

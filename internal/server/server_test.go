@@ -194,3 +194,12 @@ func caPool(t *testing.T, dir string) *x509.CertPool {
 	p.AppendCertsFromPEM(b)
 	return p
 }
+
+func readFile(t *testing.T, path string) ([]byte, error) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, nil
+}

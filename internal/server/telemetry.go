@@ -266,3 +266,7 @@ func (w *windowSink) run() {
 		}
 	}
 }
+
+// FlushTelemetry waits until queued readings are stored (so an API read
+// right after a publish sees it).
+func (s *Server) FlushTelemetry(ctx context.Context) { s.window.flush(ctx) }
