@@ -64,11 +64,11 @@ type Server struct {
 
 	closeOnce sync.Once
 	closeErr  error
-	Monitor       *monitor.Monitor
-	monStop       context.CancelFunc
-	hsm           *pkcs11.Manager
-	baseURL       string
-	cancel        context.CancelFunc
+	Monitor   *monitor.Monitor
+	monStop   context.CancelFunc
+	hsm       *pkcs11.Manager
+	baseURL   string
+	cancel    context.CancelFunc
 
 	mu       sync.Mutex
 	apiLn    net.Listener
