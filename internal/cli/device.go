@@ -65,7 +65,7 @@ func (a *app) deviceCmd() *cobra.Command {
 			})
 		},
 	}
-	c.AddCommand(list, show)
+	c.AddCommand(list, show, a.telemetryCmd(&tenantID))
 	for _, st := range []struct{ verb, state, short string }{
 		{"disable", "disabled", "Disable a device: refused at connect and enrollment, live sessions cut"},
 		{"enable", "active", "Enable a disabled or quarantined device"},
