@@ -9,6 +9,7 @@ const TopicRoot = "ward/v1/"
 const (
 	TopicTelemetry     = "telemetry"      // device -> server: .../telemetry/<stream>
 	TopicTwinReported  = "twin/reported"  // device -> server
+	TopicTwinGet       = "twin/get"       // device -> server: send me the current desired state and delta
 	TopicTwinDesired   = "twin/desired"   // server -> device (full document)
 	TopicTwinDelta     = "twin/delta"     // server -> device
 	TopicAttestRequest = "attest/request" // server -> device (challenge)

@@ -66,6 +66,7 @@ type Deps struct {
 	Monitor *monitor.Monitor
 	Fleet   *fleet.Registry
 	Schemas SchemaRegistry
+	Twins   Twins
 	Log     *slog.Logger
 	Now     func() time.Time
 }
@@ -90,6 +91,9 @@ func New(d Deps) *API {
 	}
 	if d.Schemas != nil {
 		a.telemetryRoutes()
+	}
+	if d.Twins != nil {
+		a.twinRoutes()
 	}
 	return a
 }

@@ -87,6 +87,11 @@ const maxResponse = 64 << 20
 // Do sends method path with body (JSON-encoded unless nil) and decodes the
 // JSON response into out (if non-nil). Non-2xx responses become *Problem.
 func (c *Client) Do(ctx context.Context, method, path string, body, out any) error {
+	return c.DoWithHeaders(ctx, method, path, body, nil, out)
+}
+
+// DoWithHeaders is Do with extra request headers (If-Match, say).
+func (c *Client) DoWithHeaders(ctx context.Context, method, path string, body any, headers map[string]string, out any) error {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -103,6 +108,9 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Accept", "application/json")
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
 	if c.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.Token)
 	}

@@ -12,6 +12,7 @@ func Default() *Policy {
 		Publish: Rules{Allow: []string{
 			own(wire.TopicTelemetry + "/#"),
 			own(wire.TopicTwinReported),
+			own(wire.TopicTwinGet),
 			own(wire.TopicAttestReply),
 			own(wire.TopicOTAStatus),
 		}},

@@ -11,7 +11,9 @@ import (
 // it. Telemetry and twins are wired in their own files.
 func (s *Server) ingestHandlers() map[string]func(ctx context.Context, id broker.Identity, rest string, payload []byte) error {
 	h := map[string]func(ctx context.Context, id broker.Identity, rest string, payload []byte) error{
-		wire.TopicTelemetry: s.ingestTelemetry,
+		wire.TopicTelemetry:    s.ingestTelemetry,
+		wire.TopicTwinReported: s.ingestTwinReported,
+		wire.TopicTwinGet:      s.ingestTwinGet,
 	}
 	return h
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/wardiot/ward/internal/store/postgres"
 	"github.com/wardiot/ward/internal/store/sqlite"
 	"github.com/wardiot/ward/internal/telemetry"
+	"github.com/wardiot/ward/internal/twin"
 	"github.com/wardiot/ward/internal/tenant"
 	"github.com/wardiot/ward/wire"
 )
@@ -55,6 +56,7 @@ type Server struct {
 	serverCert *tls.Certificate
 	mqttLn     net.Listener
 
+	Twins         *twin.Service
 	Schemas       *telemetry.Registry
 	Verifier      *telemetry.Verifier
 	telemetryKeys *telemetryKeys
@@ -164,6 +166,7 @@ func (s *Server) open(ctx context.Context) error {
 	if err := s.openTelemetry(ctx); err != nil {
 		return err
 	}
+	s.Twins = twin.New(twinStore{s: s.store}, s.now)
 	if err := s.openGateway(); err != nil {
 		return err
 	}
@@ -177,7 +180,7 @@ func (s *Server) open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.API = api.New(api.Deps{Store: s.store, Tenants: s.Tenants, Tokens: s.Tokens, PKI: s.PKI, CAKeys: s.caKeys, Monitor: s.Monitor, Fleet: s.Fleet, Schemas: s, Log: s.log, Now: s.now})
+	s.API = api.New(api.Deps{Store: s.store, Tenants: s.Tenants, Tokens: s.Tokens, PKI: s.PKI, CAKeys: s.caKeys, Monitor: s.Monitor, Fleet: s.Fleet, Schemas: s, Twins: s, Log: s.log, Now: s.now})
 	return s.firstStart(ctx)
 }
 

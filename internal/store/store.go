@@ -85,6 +85,7 @@ type Reader interface {
 	EventReader
 	DeviceReader
 	TelemetryReader
+	TwinReader
 	GetTenant(ctx context.Context, id string) (*Tenant, error)
 	ListTenants(ctx context.Context) ([]*Tenant, error)
 
@@ -110,6 +111,7 @@ type Tx interface {
 	EventWriter
 	DeviceWriter
 	TelemetryWriter
+	TwinWriter
 
 	// CreateTenant fails with ErrConflict if the ID exists.
 	CreateTenant(ctx context.Context, t *Tenant) error
@@ -340,4 +342,17 @@ type TelemetryWriter interface {
 	PutReadings(ctx context.Context, rs []*Reading) error
 	// PruneReadings deletes readings received before t.
 	PruneReadings(ctx context.Context, before time.Time) (int64, error)
+}
+
+// TwinReader reads device twins, stored as opaque documents.
+type TwinReader interface {
+	// GetTwin returns the document and revision; ErrNotFound if absent.
+	GetTwin(ctx context.Context, tenant, device, name string) (doc []byte, revision uint64, err error)
+}
+
+// TwinWriter writes device twins with compare-and-swap.
+type TwinWriter interface {
+	// PutTwin stores doc at revision expect+1 if the stored revision is
+	// expect (0: none stored); otherwise ErrConflict.
+	PutTwin(ctx context.Context, tenant, device, name string, doc []byte, expect uint64) error
 }
