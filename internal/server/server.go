@@ -30,8 +30,8 @@ import (
 	"github.com/wardiot/ward/internal/store/postgres"
 	"github.com/wardiot/ward/internal/store/sqlite"
 	"github.com/wardiot/ward/internal/telemetry"
-	"github.com/wardiot/ward/internal/twin"
 	"github.com/wardiot/ward/internal/tenant"
+	"github.com/wardiot/ward/internal/twin"
 	"github.com/wardiot/ward/wire"
 )
 
