@@ -249,18 +249,35 @@ var hashNames = map[crypto.Hash]string{
 	crypto.SHA1: "sha1", crypto.SHA256: "sha256", crypto.SHA384: "sha384", crypto.SHA512: "sha512",
 }
 
-// Close flushes the AK from the TPM, sends TPM2_Shutdown(CLEAR) and
-// closes the connection. The shutdown tells the TPM the next power cycle
-// is orderly: without it the TPM reports Safe=0 after the reboot and its
-// clock may go backwards, which the verifier flags as a power loss. A
-// later command cancels the shutdown state, so an agent restart without a
-// reboot is harmless.
+// Close flushes the AK from the TPM and closes the connection. The TPM
+// keeps running: use it when the agent stops but the device does not.
 func (t *TPM) Close() error {
 	var errs []error
 	if t.ak != nil {
 		if err := t.ak.Close(t.tpm); err != nil {
 			errs = append(errs, fmt.Errorf("flush AK: %w", err))
 		}
+		t.ak = nil
+	}
+	if err := t.ch.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Shutdown is Close preceded by TPM2_Shutdown(CLEAR): call it on an
+// orderly power-off where no operating system does it (swtpm, `ward-agent
+// simulate`; the Linux kernel does it for /dev/tpm*). Without it the TPM
+// reports Safe=0 after the next power-on and its clock may go backwards,
+// which the verifier flags as a power loss. A later command cancels the
+// shutdown state, so calling it when the device keeps running is harmless.
+func (t *TPM) Shutdown() error {
+	var errs []error
+	if t.ak != nil {
+		if err := t.ak.Close(t.tpm); err != nil {
+			errs = append(errs, fmt.Errorf("flush AK: %w", err))
+		}
+		t.ak = nil
 	}
 	if err := tpm2.Shutdown(t.ch, tpm2.StartupClear); err != nil {
 		errs = append(errs, fmt.Errorf("TPM2_Shutdown: %w", err))
