@@ -312,6 +312,14 @@ func (v *Verifier) verifyTPM(ctx context.Context, dev Device, ch Challenge, ev *
 // appraiseTPM is the CPU-bound part of verification: quote, replay and
 // reference values. It sets a.tpmVerified when the quote verified.
 func appraiseTPM(a *appraisal, akPublic, nonce []byte, ev *wire.TPMEvidence, refs []*RefValues, missing []string) {
+	// Quote, signature and log bytes come from the device and reach
+	// third-party parsers; a fault there fails the evidence, never the server.
+	defer func() {
+		if r := recover(); r != nil {
+			a.tpmVerified = false
+			a.fail("evidence could not be processed (parser fault)")
+		}
+	}()
 	akHash := sha256.Sum256(akPublic)
 	a.summary.AKHash = akHash[:]
 	a.summary.TPMInfo = fmt.Sprintf("%s %s fw %d.%d", ev.Info.Manufacturer, ev.Info.VendorInfo, ev.Info.FirmwareMajor, ev.Info.FirmwareMinor)
@@ -350,24 +358,28 @@ func appraiseTPM(a *appraisal, akPublic, nonce []byte, ev *wire.TPMEvidence, ref
 	a.summary.Counters = a.counters
 
 	// 3. Only quote-verified PCRs of the SHA-256 bank (the bank the
-	// reference values use) go into the replay.
+	// reference values use) go into the replay, and of those only the
+	// policy PCRs: events on other PCRs are never used, so replaying them
+	// would only cost time.
+	var policy [24]bool
+	for _, r := range refs {
+		for _, p := range r.PolicyPCRs() {
+			policy[p] = true
+		}
+	}
 	verified := make([]gattest.PCR, 0, 24)
 	values := map[int][]byte{}
 	for _, p := range pcrs {
-		if p.QuoteVerified() && p.DigestAlg == crypto.SHA256 {
+		if p.QuoteVerified() && p.DigestAlg == crypto.SHA256 && p.Index >= 0 && p.Index < len(policy) &&
+			(len(refs) == 0 || policy[p.Index]) {
 			verified = append(verified, p)
 			values[p.Index] = p.Digest
 		}
 	}
 	// 4. Event-log replay.
-	el, err := gattest.ParseEventLog(ev.EventLog)
+	events, err := replayLog(ev.EventLog, verified)
 	if err != nil {
-		a.fail("event log does not parse: %v", err)
-		return
-	}
-	events, err := el.Verify(verified)
-	if err != nil {
-		a.fail("event log does not replay to the quoted PCRs: %v", err)
+		a.fail("%v", err)
 		return
 	}
 	a.summary.Events = len(events)
@@ -409,6 +421,30 @@ func appraiseTPM(a *appraisal, akPublic, nonce []byte, ev *wire.TPMEvidence, ref
 
 var wireHashes = map[string]crypto.Hash{
 	"sha1": crypto.SHA1, "sha256": crypto.SHA256, "sha384": crypto.SHA384, "sha512": crypto.SHA512,
+}
+
+// replayLog parses a device-supplied event log and replays it against
+// quote-verified PCRs. A device with a genuine TPM controls the log bytes,
+// so a panic in the third-party parser is turned into a failure here
+// rather than taking the server down.
+func replayLog(log []byte, pcrs []gattest.PCR) (events []gattest.Event, err error) {
+	if len(log) > wire.MaxEventLogSize {
+		return nil, fmt.Errorf("event log is %d bytes, limit %d", len(log), wire.MaxEventLogSize)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			events, err = nil, errors.New("event log could not be parsed (parser fault)")
+		}
+	}()
+	el, err := gattest.ParseEventLog(log)
+	if err != nil {
+		return nil, fmt.Errorf("event log does not parse: %v", err)
+	}
+	events, err = el.Verify(pcrs)
+	if err != nil {
+		return nil, fmt.Errorf("event log does not replay to the quoted PCRs: %v", err)
+	}
+	return events, nil
 }
 
 // checkRelease appraises replayed events against one release's reference
