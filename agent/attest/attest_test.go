@@ -7,6 +7,9 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,9 +49,17 @@ func TestSimulatedBootQuoteReplays(t *testing.T) {
 	}
 	nonce := make([]byte, 32)
 	rand.Read(nonce)
-	ev, err := tpm.Attest(&wire.AttestChallenge{ID: "c1", Nonce: nonce, Expires: time.Now()})
+	msg, _ := json.Marshal(&wire.AttestChallenge{ID: "c1", Nonce: nonce, PCRs: []int{0, 1, 4, 9}, Expires: time.Now()})
+	reply, err := tpm.Respond(msg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	ev, err := wire.ParseAttestEvidence(reply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tpm.Respond([]byte(`{"id":"c2"}`)); err == nil {
+		t.Fatal("answered a challenge without a nonce")
 	}
 	akPub := tpm.AKPublic()
 	if err := tpm.Close(); err != nil {
@@ -95,6 +106,17 @@ func TestSimulatedBootQuoteReplays(t *testing.T) {
 	if events[3].Index != attest.PCRRootfs || !bytes.Equal(events[3].Digest, c.Rootfs[:]) {
 		t.Fatalf("rootfs event = PCR %d %x", events[3].Index, events[3].Digest)
 	}
+
+	var pcr9 []byte
+	for _, p := range ev.TPM.PCRs {
+		if p.Index == 9 && p.Alg == "sha256" {
+			pcr9 = p.Digest
+		}
+	}
+	if len(pcr9) != sha256.Size {
+		t.Fatal("evidence lacks SHA-256 PCR 9")
+	}
+	checkQuoteWithTPM2Tools(t, dir, pub.Public, ev.TPM.Quotes[0], nonce, pcr9, sim)
 
 	if _, err := exec.LookPath("tpm2_eventlog"); err != nil {
 		t.Log("tpm2_eventlog not installed (Debian tpm2-tools): skipping the cross-check")
@@ -168,5 +190,61 @@ func TestSoftwareEvidenceSigned(t *testing.T) {
 	}
 	if _, err := attest.SoftwareEvidence(c, map[string][32]byte{"a": {}}, "b", key, time.Now()); err == nil {
 		t.Fatal("accepted an active slot without a hash")
+	}
+}
+
+// checkQuoteWithTPM2Tools has tpm2_checkquote (tpm2-tools) verify the
+// quote's signature and nonce with the AK public key, and compares PCRs
+// tpm2_pcrread reads from the TPM with those Attest reported.
+func checkQuoteWithTPM2Tools(t *testing.T, dir string, akPub crypto.PublicKey, q wire.TPMQuote, nonce, pcr9 []byte, sim *tpmtest.Sim) {
+	t.Helper()
+	if _, err := exec.LookPath("tpm2_checkquote"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("tpm2_checkquote not installed (Debian tpm2-tools), mandatory because CI is set")
+		}
+		t.Log("tpm2_checkquote not installed (Debian tpm2-tools): skipping the cross-check")
+		return
+	}
+	der, err := x509.MarshalPKIXPublicKey(akPub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	akPEM := filepath.Join(dir, "ak.pem")
+	msg := filepath.Join(dir, "quote.bin")
+	sig := filepath.Join(dir, "quote.sig")
+	os.WriteFile(akPEM, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o600)
+	os.WriteFile(msg, q.Quote, 0o600)
+	os.WriteFile(sig, q.Signature, 0o600)
+	out, err := exec.Command("tpm2_checkquote", "-u", akPEM, "-m", msg, "-s", sig, "-q", hexs(nonce), "-g", "sha256").CombinedOutput()
+	if err != nil {
+		t.Fatalf("tpm2_checkquote refused our quote: %v\n%s", err, out)
+	}
+	// The TPM's own PCR 9, read by tpm2_pcrread, is what Attest reported.
+	pcrOut, err := exec.Command("tpm2_pcrread", "-T", sim.TCTI(), "sha256:9").CombinedOutput()
+	if err != nil {
+		t.Fatalf("tpm2_pcrread: %v\n%s", err, pcrOut)
+	}
+	if !strings.Contains(strings.ToLower(string(pcrOut)), hexs(pcr9)) {
+		t.Fatalf("tpm2_pcrread PCR 9 differs from the evidence (%x):\n%s", pcr9, pcrOut)
+	}
+	bad := append([]byte(nil), nonce...)
+	bad[0] ^= 1
+	if out, err := exec.Command("tpm2_checkquote", "-u", akPEM, "-m", msg, "-s", sig, "-q", hexs(bad), "-g", "sha256").CombinedOutput(); err == nil {
+		t.Fatalf("tpm2_checkquote accepted a wrong nonce:\n%s", out)
+	}
+}
+
+func TestCheckRenewalBinding(t *testing.T) {
+	server := bytes.Repeat([]byte{7}, 32)
+	c := &wire.AttestChallenge{ID: "r", Nonce: wire.RenewalNonce(server, []byte("spki")), ServerNonce: server}
+	if err := attest.CheckRenewalBinding(c, []byte("spki")); err != nil {
+		t.Fatal(err)
+	}
+	if err := attest.CheckRenewalBinding(c, []byte("other")); err == nil {
+		t.Fatal("accepted a challenge binding another key")
+	}
+	c.ServerNonce = nil
+	if err := attest.CheckRenewalBinding(c, []byte("spki")); err == nil {
+		t.Fatal("accepted a scheduled challenge as a renewal challenge")
 	}
 }

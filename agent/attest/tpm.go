@@ -4,6 +4,8 @@ import (
 	"crypto"
 	"crypto/rsa"
 	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -243,6 +245,37 @@ func (t *TPM) Attest(c *wire.AttestChallenge) (*wire.AttestEvidence, error) {
 		}
 	}
 	return &wire.AttestEvidence{ChallengeID: c.ID, TPM: ev}, nil
+}
+
+// Respond answers a challenge message received on
+// ward/v1/<device>/attest/request (wire.TopicAttestRequest) with the
+// evidence message to publish on wire.TopicAttestReply. The message is
+// parsed strictly; a malformed one is an error, not a quote.
+func (t *TPM) Respond(msg []byte) ([]byte, error) {
+	c, err := wire.ParseAttestChallenge(msg)
+	if err != nil {
+		return nil, err
+	}
+	ev, err := t.Attest(c)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(ev)
+}
+
+// CheckRenewalBinding checks that a renewal challenge binds the key the
+// device is about to put in its CSR (csrSPKI, DER SubjectPublicKeyInfo):
+// Nonce = wire.RenewalNonce(ServerNonce, csrSPKI). An agent renewing with
+// attestation answers only a challenge that does, so its quote cannot be
+// spent on someone else's key.
+func CheckRenewalBinding(c *wire.AttestChallenge, csrSPKI []byte) error {
+	if len(c.ServerNonce) == 0 {
+		return errors.New("attest: challenge is not a renewal challenge")
+	}
+	if subtle.ConstantTimeCompare(c.Nonce, wire.RenewalNonce(c.ServerNonce, csrSPKI)) != 1 {
+		return errors.New("attest: renewal challenge does not bind this CSR's key")
+	}
+	return nil
 }
 
 var hashNames = map[crypto.Hash]string{
