@@ -20,4 +20,25 @@
 //
 // Steps 5 to 7 run against the device's current release, then against the
 // previous approved one.
+//
+// Wiring, for the server:
+//
+//   - Configuration: New(Config{Store, EKRoots, EKIntermediates, RefKeys,
+//     Now}). EKRoots are the TPM manufacturers' roots the operator
+//     registers; RefKeys gives each tenant's reference-value key.
+//   - Releases: ImportRefValues(tenant, doc, sig) when a release's
+//     reference values are published (TUF custom metadata, kind
+//     "refvalues"). Importing approves the release for appraisal.
+//   - Enrollment (once per TPM device, after its certificate is issued):
+//     BeginAKEnrollment with the device's wire.AKEnrollRequest, send the
+//     wire.AKActivationChallenge, FinishAKEnrollment with its answer.
+//   - Schedule: for each device, Due; if due, NewChallenge and publish it
+//     on ward/v1/<device>/attest/request; on ward/v1/<device>/attest/reply
+//     parse with wire.ParseAttestEvidence and call Verify. ErrChallenge:
+//     drop and log. A Verdict: record a security event if not Pass, and if
+//     Verdict.Quarantine, the gateway confines the device to its attest and
+//     OTA topics until a later Verify passes.
+//   - Renewal: before simplereenroll the agent asks for RenewalChallenge
+//     with its new key's SPKI; the EST handler calls RenewalAllowed(device,
+//     csrSPKI, now) and refuses the CSR on error.
 package attest

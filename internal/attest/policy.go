@@ -11,21 +11,26 @@ import (
 	"github.com/wardiot/ward/wire"
 )
 
-// Result values of a Verdict.
+// Outcome is the result of a Verdict.
 type Outcome string
 
+// Outcomes.
 const (
+	// Pass: every check passed.
 	Pass Outcome = wire.VerdictPass
+	// Fail: a check failed; the policy decides on quarantine.
 	Fail Outcome = wire.VerdictFail
 	// Flag: verified, but something an operator should see (a power
 	// loss). Not a failure: no quarantine.
 	Flag Outcome = wire.VerdictFlag
 )
 
-// Assurance tiers of a Verdict.
+// Assurance is the tier of evidence a Verdict rests on.
 type Assurance string
 
+// Assurance tiers.
 const (
+	// AssuranceTPM: a quote by the enrolled AK, the event log replayed.
 	AssuranceTPM Assurance = wire.AssuranceTPM
 	// AssuranceSoftware is low assurance: the device's own report of its
 	// slot hashes, signed by its key. Never TPM-verified.
