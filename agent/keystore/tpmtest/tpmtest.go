@@ -114,6 +114,16 @@ func Manufactured(t testing.TB) *Sim {
 	return s
 }
 
+// StartState starts another swtpm on an existing state directory, such
+// as a copy of a running Sim's StateDir: the same TPM (same seeds, EK,
+// NV and counters) powered on again, or its state rolled back to the
+// copy. swtpm issues TPM2_Startup(CLEAR) itself.
+func StartState(t testing.TB, stateDir string) *Sim {
+	t.Helper()
+	peertest.Require(t, "swtpm", "swtpm")
+	return run(t, stateDir)
+}
+
 // freePorts returns a free loopback port P whose neighbour P+1 is free
 // too: tpm2-tools' swtpm TCTI expects the control port right after the
 // command port. Both are released before returning, so a collision with
