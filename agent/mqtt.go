@@ -59,7 +59,15 @@ func (a *Agent) ConnectMQTT(ctx context.Context, addr string) (*Conn, error) {
 
 // Publish sends payload on ward/v1/<device>/<suffix>.
 func (c *Conn) Publish(suffix string, payload []byte, qos byte) error {
-	tok := c.c.Publish(wire.DeviceTopic(c.device, suffix), qos, false, payload)
+	return c.PublishTopic(wire.DeviceTopic(c.device, suffix), payload, qos)
+}
+
+// PublishTopic sends payload on a full topic name. The gateway allows a
+// device only its own subtree; this exists for tools and tests that show
+// it.
+func (c *Conn) PublishTopic(topic string, payload []byte, qos byte) error {
+	suffix := topic
+	tok := c.c.Publish(topic, qos, false, payload)
 	if !tok.WaitTimeout(mqttTimeout) {
 		return errors.New("agent: publish timed out")
 	}

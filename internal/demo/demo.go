@@ -5,8 +5,10 @@
 package demo
 
 import (
+	"bytes"
 	"context"
 	"crypto"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -33,8 +35,10 @@ type Options struct {
 }
 
 type run struct {
-	out  io.Writer
-	step int
+	out   io.Writer
+	step  int
+	agent *agent.Agent
+	ks    keystore.Keystore
 }
 
 func (r *run) say(format string, args ...any) {
@@ -137,6 +141,11 @@ func Run(ctx context.Context, out io.Writer, o Options) (err error) {
 	if err := r.enroll(ctx, srv, admin, dir, caPEM); err != nil {
 		return err
 	}
+	defer r.ks.Close()
+	defer r.agent.Close()
+	if err := r.gateway(ctx, srv, admin); err != nil {
+		return err
+	}
 
 	r.say("Verifying the hash-chained audit log")
 	var v api.AuditVerification
@@ -174,7 +183,7 @@ func (r *run) enroll(ctx context.Context, srv *server.Server, admin *client.Clie
 	if err != nil {
 		return err
 	}
-	defer ks.Close()
+	r.ks = ks
 	cfg := agent.Config{Server: "https://" + srv.APIAddr(), CABundle: caPEM, Tenant: "acme", Device: "sensor-1",
 		Keystore: ks, StateDir: filepath.Join(dir, "device", "state")}
 	id, err := agent.Enroll(ctx, cfg, agent.Token(tok.Secret))
@@ -209,7 +218,7 @@ func (r *run) enroll(ctx context.Context, srv *server.Server, admin *client.Clie
 	if err != nil {
 		return err
 	}
-	defer a.Close()
+	r.agent = a
 	if err := a.Renew(ctx); err != nil {
 		return fmt.Errorf("renew: %w", err)
 	}
@@ -222,6 +231,157 @@ func (r *run) enroll(ctx context.Context, srv *server.Server, admin *client.Clie
 	}
 	r.proved("new certificate %s with a new key (%s); the old key %s is destroyed", id2.Certificate.SerialNumber.Text(16), id2.KeyName, id.KeyName)
 	return nil
+}
+
+const demoSchema = `{"type":"object","properties":{"celsius":{"type":"number"},"serial":{"type":"string","x-ward-classification":"confidential"}},"required":["celsius"]}`
+
+// gateway connects the enrolled device over MQTT with mutual TLS, sends
+// signed telemetry, shows refusals, changes its twin, then revokes it.
+func (r *run) gateway(ctx context.Context, srv *server.Server, admin *client.Client) error {
+	r.say("Connecting sensor-1 to the MQTT gateway with its certificate (mutual TLS, client ID = device ID)")
+	conn, err := r.agent.ConnectMQTT(ctx, srv.MQTTAddr())
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	r.proved("connected to mqtts://%s; identity comes from the certificate only", srv.MQTTAddr())
+
+	r.say("Publishing signed telemetry (COSE_Sign1 with the device key, schema temp v1)")
+	if err := admin.Do(ctx, "POST", "/api/v1/tenants/acme/schemas", api.RegisterSchemaRequest{ID: "temp", Version: 1, Schema: []byte(demoSchema)}, nil); err != nil {
+		return err
+	}
+	if err := conn.PublishTelemetry("env", "temp", 1, []byte(`{"celsius":21.5,"serial":"SN-0042"}`)); err != nil {
+		return err
+	}
+	var rs []api.Reading
+	if err := admin.Do(ctx, "GET", "/api/v1/tenants/acme/devices/sensor-1/telemetry", nil, &rs); err != nil {
+		return err
+	}
+	if len(rs) != 1 || strings.Contains(string(rs[0].Payload), "SN-0042") || !rs[0].Confidential {
+		return fmt.Errorf("verified reading not stored as expected: %+v", rs)
+	}
+	var compact bytes.Buffer
+	_ = json.Compact(&compact, rs[0].Payload)
+	r.proved("verified and stored: seq %d %s (the confidential serial is sealed with acme's data key, never returned)", rs[0].Seq, compact.String())
+
+	env, err := r.agent.SignTelemetry("temp", 1, []byte(`{"celsius":99.9}`))
+	if err != nil {
+		return err
+	}
+	tampered := append([]byte(nil), env...)
+	tampered[len(tampered)-12] ^= 0x01
+	if err := publishOnce(ctx, r.agent, srv, "telemetry/env", tampered); err == nil {
+		return errors.New("a tampered reading was accepted")
+	}
+	r.proved("a reading with one flipped bit → refused (bad_signature)")
+	if err := publishOnce(ctx, r.agent, srv, "telemetry/env", env); err != nil {
+		return fmt.Errorf("an intact reading was refused: %w", err)
+	}
+	if err := publishOnce(ctx, r.agent, srv, "telemetry/env", env); err == nil {
+		return errors.New("a replayed reading was accepted")
+	}
+	r.proved("the same signed reading sent twice → the replay is refused")
+	for _, topic := range []string{"ward/v1/sensor-2/telemetry/env", "ward/v1/+/telemetry/env", "$SYS/broker/load"} {
+		c, err := r.agent.ConnectMQTT(ctx, srv.MQTTAddr())
+		if err != nil {
+			return err
+		}
+		err = c.PublishTopic(topic, env, 1)
+		c.Close()
+		if err == nil {
+			return fmt.Errorf("publishing on %s was accepted", topic)
+		}
+	}
+	r.proved("publishing on another device's topic, a wildcard or $SYS → refused by the topic policy")
+	srv.Monitor.Flush(ctx)
+	var evs []api.SecurityEvent
+	if err := admin.Do(ctx, "GET", "/api/v1/tenants/acme/events?device=sensor-1", nil, &evs); err != nil {
+		return err
+	}
+	seen := map[string]bool{}
+	for _, e := range evs {
+		seen[e.Type+":"+e.Reason] = true
+		seen[e.Type] = true
+	}
+	if !seen["policy.denied"] {
+		return fmt.Errorf("no policy.denied event (have %v)", seen)
+	}
+	for _, want := range []string{"telemetry.rejected:bad_signature", "telemetry.rejected:replay"} {
+		if !seen[want] {
+			return fmt.Errorf("no security event %s (have %v)", want, seen)
+		}
+	}
+	r.proved("security events recorded: telemetry.rejected (bad_signature), telemetry.rejected (replay), policy.denied")
+
+	r.say("Changing sensor-1's twin: desired interval 30 s")
+	conn2, err := r.agent.ConnectMQTT(ctx, srv.MQTTAddr())
+	if err != nil {
+		return err
+	}
+	defer conn2.Close()
+	applied := make(chan string, 1)
+	if err := conn2.SyncTwin("", func(delta json.RawMessage) (json.RawMessage, error) {
+		select {
+		case applied <- string(delta):
+		default:
+		}
+		return delta, nil
+	}); err != nil {
+		return err
+	}
+	var tw api.Twin
+	if err := admin.DoWithHeaders(ctx, "PATCH", "/api/v1/tenants/acme/devices/sensor-1/twin", json.RawMessage(`{"interval":30}`),
+		map[string]string{"If-Match": `"0"`}, &tw); err != nil {
+		return err
+	}
+	select {
+	case d := <-applied:
+		r.proved("the device received the delta %s and applied it", d)
+	case <-time.After(10 * time.Second):
+		return errors.New("the twin delta never reached the device")
+	}
+	err = admin.DoWithHeaders(ctx, "PATCH", "/api/v1/tenants/acme/devices/sensor-1/twin", json.RawMessage(`{"interval":60}`),
+		map[string]string{"If-Match": `"0"`}, nil)
+	if err := expectStatus(err, 409); err != nil {
+		return fmt.Errorf("stale If-Match: %w", err)
+	}
+	r.proved("a second change with a stale If-Match version → 409 Conflict")
+
+	r.say("Revoking sensor-1's certificate")
+	var certs []api.Cert
+	if err := admin.Do(ctx, "GET", "/api/v1/tenants/acme/certs?device=sensor-1&status=good", nil, &certs); err != nil {
+		return err
+	}
+	start := time.Now()
+	for _, c := range certs {
+		if err := admin.Do(ctx, "POST", "/api/v1/tenants/acme/certs/"+c.Serial+"/revoke", api.RevokeRequest{Reason: "keyCompromise"}, nil); err != nil {
+			return err
+		}
+	}
+	for conn2.Connected() {
+		if time.Since(start) > 5*time.Second {
+			return errors.New("the revoked device's session was not cut")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	r.proved("its live session was cut %v after the revocation", time.Since(start).Round(time.Millisecond))
+	if c, err := r.agent.ConnectMQTT(ctx, srv.MQTTAddr()); err == nil {
+		c.Close()
+		return errors.New("the revoked certificate reconnected")
+	}
+	r.proved("reconnecting with the revoked certificate → refused at the TLS handshake")
+	return nil
+}
+
+// publishOnce publishes on a fresh session (a refused QoS 1 publish ends
+// an MQTT 3.1.1 session) and reports whether the gateway accepted it.
+func publishOnce(ctx context.Context, a *agent.Agent, srv *server.Server, suffix string, payload []byte) error {
+	c, err := a.ConnectMQTT(ctx, srv.MQTTAddr())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return c.Publish(suffix, payload, 1)
 }
 
 func expectStatus(err error, status int) error {
