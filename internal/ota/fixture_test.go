@@ -114,7 +114,11 @@ type eventLog struct {
 	ev []Event
 }
 
-func (l *eventLog) Emit(_ context.Context, e Event) { l.mu.Lock(); l.ev = append(l.ev, e); l.mu.Unlock() }
+func (l *eventLog) Emit(_ context.Context, e Event) {
+	l.mu.Lock()
+	l.ev = append(l.ev, e)
+	l.mu.Unlock()
+}
 
 // headerAuth stands in for the server's mTLS identity in these tests.
 type headerAuth struct{}

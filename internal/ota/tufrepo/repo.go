@@ -99,8 +99,8 @@ func (r *Repo) now() time.Time { return r.cfg.Now().UTC().Truncate(time.Second) 
 
 // RootSpec describes a root to create with [NewRoot].
 type RootSpec struct {
-	Version                           int64
-	Expires                           time.Time
+	Version                            int64
+	Expires                            time.Time
 	Root, Targets, Snapshot, Timestamp []*metadata.Key
 	RootThreshold, TargetsThreshold    int
 }
