@@ -172,12 +172,15 @@ func pub(t testing.TB, ss ...tufrepo.Signer) []*metadata.Key {
 // newFixture builds an image repository with offline root and targets
 // keys (threshold 2 each) and online snapshot/timestamp keys sealed in the
 // store, a Director, and an HTTP server for both.
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T) *fixture { return newFixtureWith(t, keys(t, 2)) }
+
+// newFixtureWith uses the given offline targets keys (threshold: all).
+func newFixtureWith(t *testing.T, targets []tufrepo.Signer) *fixture {
 	ctx := context.Background()
 	f := &fixture{
 		t: t, clock: &testClock{t: time.Now().UTC().Truncate(time.Second)},
 		store: &snapStore{m: map[string][]byte{}}, floors: &MemFloors{}, events: &eventLog{},
-		rootKeys: keys(t, 2), targetsKeys: keys(t, 2), manifestKey: keys(t, 1)[0],
+		rootKeys: keys(t, 2), targetsKeys: targets, manifestKey: keys(t, 1)[0],
 	}
 	sealer := newTestSealer(t)
 	snap, err := tufrepo.OnlineKey(ctx, f.store, sealer, "image-snapshot")
@@ -192,7 +195,7 @@ func newFixture(t *testing.T) *fixture {
 	root, err := tufrepo.NewRoot(tufrepo.RootSpec{
 		Expires: f.clock.Now().Add(365 * 24 * time.Hour),
 		Root:    pub(t, f.rootKeys...), Targets: pub(t, f.targetsKeys...),
-		Snapshot: pub(t, snap), Timestamp: pub(t, ts), RootThreshold: 2, TargetsThreshold: 2,
+		Snapshot: pub(t, snap), Timestamp: pub(t, ts), RootThreshold: 2, TargetsThreshold: len(targets),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -300,3 +303,5 @@ func mutate(img []byte, seed int64) []byte {
 	}
 	return out
 }
+
+func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
