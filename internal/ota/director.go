@@ -158,11 +158,18 @@ func (d *Director) Root(ctx context.Context, device string) ([]byte, error) {
 	return r.File(ctx, "1.root.json")
 }
 
-// File returns a device's metadata file for the HTTP handler.
+// File returns a device's metadata file for the HTTP handler. Fetching
+// timestamp.json first re-signs what is past half life, so a fleet of
+// millions needs no sweep over every device's repository to stay fresh.
 func (d *Director) File(ctx context.Context, device, file string) ([]byte, error) {
 	r, err := d.repo(ctx, device)
 	if err != nil {
 		return nil, err
+	}
+	if file == "timestamp.json" {
+		if err := d.Refresh(ctx, device); err != nil {
+			return nil, err
+		}
 	}
 	return r.File(ctx, file)
 }

@@ -456,3 +456,26 @@ func TestCustomJSONNamesMatchWire(t *testing.T) {
 		}
 	}
 }
+
+func TestDirectorRefreshedOnFetch(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	p, err := f.publish("fw", "1.0.0", "board-a", 1, testImage(12, 4096), f.targetsKeys...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.director.Assign(ctx, "dev-1", p.Image); err != nil {
+		t.Fatal(err)
+	}
+	root, _ := f.director.Root(ctx, "dev-1")
+	// Four days on: Director timestamp (1 day) and targets (7 days, past
+	// half life) would be stale without refresh-on-fetch.
+	f.clock.Add(4 * 24 * time.Hour)
+	c, _ := f.client("dev-1", wire.OTADirectorPath+"dev-1", root, t.TempDir())
+	if err := c.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.GetTargetInfo(p.Image); err != nil {
+		t.Fatal(err)
+	}
+}
