@@ -62,13 +62,14 @@ type Deps struct {
 	PKI     *pki.Authority
 	// CAKeys returns a tenant's CA key manager (nil: file mode, sealed
 	// with the tenant's data key).
-	CAKeys  func(ctx context.Context, tenant string) (pki.KeyManager, error)
-	Monitor *monitor.Monitor
-	Fleet   *fleet.Registry
-	Schemas SchemaRegistry
-	Twins   Twins
-	Log     *slog.Logger
-	Now     func() time.Time
+	CAKeys   func(ctx context.Context, tenant string) (pki.KeyManager, error)
+	Monitor  *monitor.Monitor
+	Fleet    *fleet.Registry
+	Schemas  SchemaRegistry
+	Twins    Twins
+	Policies PolicyAdmin
+	Log      *slog.Logger
+	Now      func() time.Time
 }
 
 // API is the REST API.
@@ -94,6 +95,9 @@ func New(d Deps) *API {
 	}
 	if d.Twins != nil {
 		a.twinRoutes()
+	}
+	if d.Policies != nil {
+		a.policyRoutes()
 	}
 	return a
 }

@@ -26,24 +26,26 @@ type Registry struct {
 	now   func() time.Time
 
 	mu     sync.RWMutex
-	states map[string]string // tenant + "/" + device -> state
+	states map[string]entry // tenant + "/" + device
 
 	subMu sync.RWMutex
 	subs  []func(tenant, device, state string)
 }
 
+type entry struct{ state, group string }
+
 // New returns an empty registry; call Load before use.
 func New(s store.Store, now func() time.Time) *Registry {
-	return &Registry{store: s, now: now, states: map[string]string{}}
+	return &Registry{store: s, now: now, states: map[string]entry{}}
 }
 
 func key(tenant, device string) string { return tenant + "/" + device }
 
 // Load reads every device's state from the store.
 func (r *Registry) Load(ctx context.Context) error {
-	states := map[string]string{}
+	states := map[string]entry{}
 	err := r.store.ForEachDevice(ctx, func(d *store.Device) error {
-		states[key(d.Tenant, d.ID)] = d.State
+		states[key(d.Tenant, d.ID)] = entry{d.State, d.Group}
 		return nil
 	})
 	if err != nil {
@@ -58,9 +60,16 @@ func (r *Registry) Load(ctx context.Context) error {
 // State returns a device's state from memory.
 func (r *Registry) State(tenant, device string) (string, bool) {
 	r.mu.RLock()
-	s, ok := r.states[key(tenant, device)]
+	e, ok := r.states[key(tenant, device)]
 	r.mu.RUnlock()
-	return s, ok
+	return e.state, ok
+}
+
+// Group returns a device's enrollment group ("" if none or unknown).
+func (r *Registry) Group(tenant, device string) string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.states[key(tenant, device)].group
 }
 
 // Len is the number of registered devices.
@@ -82,7 +91,9 @@ func (r *Registry) note(tenant, device, state string) {
 	if state == "" {
 		delete(r.states, key(tenant, device))
 	} else {
-		r.states[key(tenant, device)] = state
+		e := r.states[key(tenant, device)]
+		e.state = state
+		r.states[key(tenant, device)] = e
 	}
 	r.mu.Unlock()
 	r.subMu.RLock()
@@ -121,7 +132,12 @@ func (r *Registry) RegisterTx(ctx context.Context, tx store.Tx, reg Registration
 		Target: "device:" + reg.Device, Tenant: reg.Tenant, Detail: "just-in-time registration"}); err != nil {
 		return nil, err
 	}
-	return func() { r.note(reg.Tenant, reg.Device, store.DeviceActive) }, nil
+	return func() {
+		r.mu.Lock()
+		r.states[key(reg.Tenant, reg.Device)] = entry{group: reg.Group}
+		r.mu.Unlock()
+		r.note(reg.Tenant, reg.Device, store.DeviceActive)
+	}, nil
 }
 
 // transitions lists the allowed state changes. Decommissioned is final.

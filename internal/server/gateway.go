@@ -13,7 +13,6 @@ import (
 	"github.com/wardiot/ward/internal/broker"
 	"github.com/wardiot/ward/internal/monitor"
 	"github.com/wardiot/ward/internal/pki"
-	"github.com/wardiot/ward/internal/policy"
 	"github.com/wardiot/ward/internal/store"
 	"github.com/wardiot/ward/wire"
 )
@@ -160,10 +159,3 @@ func (s *Server) openGateway() error {
 	})
 	return nil
 }
-
-// policySource returns the policy for an identity: nil means the
-// gateway's built-in default (own subtree) or, for quarantined devices,
-// the quarantine policy.
-type policySource struct{}
-
-func (policySource) For(id broker.Identity) *policy.Policy { return nil }

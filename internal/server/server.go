@@ -53,6 +53,7 @@ type Server struct {
 	Gateway *broker.Broker
 	// Policies picks each identity's topic policy (nil: built-in default).
 	Policies   broker.Policies
+	policies   *policySet
 	serverCert *tls.Certificate
 	mqttLn     net.Listener
 
@@ -160,8 +161,12 @@ func (s *Server) open(ctx context.Context) error {
 		return err
 	}
 	s.Tenants.AfterDelete(func(ctx context.Context, id string) { s.Fleet.DropTenant(id) })
+	s.policies = &policySet{s: s}
+	if err := s.policies.load(ctx); err != nil {
+		return err
+	}
 	if s.Policies == nil {
-		s.Policies = policySource{}
+		s.Policies = s.policies
 	}
 	if err := s.openTelemetry(ctx); err != nil {
 		return err
@@ -180,7 +185,7 @@ func (s *Server) open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.API = api.New(api.Deps{Store: s.store, Tenants: s.Tenants, Tokens: s.Tokens, PKI: s.PKI, CAKeys: s.caKeys, Monitor: s.Monitor, Fleet: s.Fleet, Schemas: s, Twins: s, Log: s.log, Now: s.now})
+	s.API = api.New(api.Deps{Store: s.store, Tenants: s.Tenants, Tokens: s.Tokens, PKI: s.PKI, CAKeys: s.caKeys, Monitor: s.Monitor, Fleet: s.Fleet, Schemas: s, Twins: s, Policies: s, Log: s.log, Now: s.now})
 	return s.firstStart(ctx)
 }
 

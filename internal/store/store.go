@@ -86,6 +86,7 @@ type Reader interface {
 	DeviceReader
 	TelemetryReader
 	TwinReader
+	PolicyReader
 	GetTenant(ctx context.Context, id string) (*Tenant, error)
 	ListTenants(ctx context.Context) ([]*Tenant, error)
 
@@ -112,6 +113,7 @@ type Tx interface {
 	DeviceWriter
 	TelemetryWriter
 	TwinWriter
+	PolicyWriter
 
 	// CreateTenant fails with ErrConflict if the ID exists.
 	CreateTenant(ctx context.Context, t *Tenant) error
@@ -355,4 +357,40 @@ type TwinWriter interface {
 	// PutTwin stores doc at revision expect+1 if the stored revision is
 	// expect (0: none stored); otherwise ErrConflict.
 	PutTwin(ctx context.Context, tenant, device, name string, doc []byte, expect uint64) error
+}
+
+// PolicyDoc is a named topic policy document of a tenant.
+type PolicyDoc struct {
+	Tenant    string
+	Name      string
+	Doc       []byte
+	UpdatedAt time.Time
+}
+
+// PolicyAssignment binds a policy to a device or a group.
+type PolicyAssignment struct {
+	Tenant string
+	Kind   string // "device" or "group"
+	Target string
+	Policy string
+}
+
+// PolicyReader reads topic policies and their assignments.
+type PolicyReader interface {
+	ListPolicies(ctx context.Context, tenant string) ([]*PolicyDoc, error)
+	ListPolicyAssignments(ctx context.Context, tenant string) ([]*PolicyAssignment, error)
+	// ForEachPolicy and ForEachPolicyAssignment stream every tenant's
+	// (start-up cache).
+	ForEachPolicy(ctx context.Context, fn func(*PolicyDoc) error) error
+	ForEachPolicyAssignment(ctx context.Context, fn func(*PolicyAssignment) error) error
+}
+
+// PolicyWriter changes topic policies and their assignments.
+type PolicyWriter interface {
+	// PutPolicy creates or replaces a policy.
+	PutPolicy(ctx context.Context, p *PolicyDoc) error
+	// DeletePolicy deletes a policy and its assignments; ErrNotFound if absent.
+	DeletePolicy(ctx context.Context, tenant, name string) error
+	// AssignPolicy creates or replaces an assignment; Policy "" removes it.
+	AssignPolicy(ctx context.Context, a *PolicyAssignment) error
 }
