@@ -393,15 +393,28 @@ func (c *estClient) tpmChallenge(ctx context.Context, creq *wire.TPMChallengeReq
 	if err != nil {
 		return nil, fmt.Errorf("%s: reading the response: %w", op, err)
 	}
+	ch, err := parseTPMChallenge(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", op, err)
+	}
+	return ch, nil
+}
+
+// parseTPMChallenge decodes the server's round-one answer, bounded, and
+// checks it has what round two needs.
+func parseTPMChallenge(b []byte) (*wire.TPMChallenge, error) {
 	if len(b) > maxChallengeSize {
-		return nil, fmt.Errorf("%s: %w: over %d bytes", op, ErrBadResponse, maxChallengeSize)
+		return nil, fmt.Errorf("%w: over %d bytes", ErrBadResponse, maxChallengeSize)
 	}
 	var ch wire.TPMChallenge
 	if err := json.Unmarshal(b, &ch); err != nil {
-		return nil, fmt.Errorf("%s: %w: not a TPM challenge", op, ErrBadResponse)
+		return nil, fmt.Errorf("%w: not a TPM challenge", ErrBadResponse)
 	}
-	if len(ch.Challenge) == 0 || len(ch.Nonce) == 0 || ch.DeviceID == "" {
-		return nil, fmt.Errorf("%s: %w: the TPM challenge lacks a field", op, ErrBadResponse)
+	if len(ch.Challenge) == 0 || len(ch.Nonce) == 0 || len(ch.Credential) < 2 || len(ch.Secret) < 2 {
+		return nil, fmt.Errorf("%w: the TPM challenge lacks a field", ErrBadResponse)
+	}
+	if err := wire.ValidateDeviceID(ch.DeviceID); err != nil {
+		return nil, fmt.Errorf("%w: the TPM challenge names an invalid device ID", ErrBadResponse)
 	}
 	return &ch, nil
 }
