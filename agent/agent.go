@@ -114,13 +114,21 @@ func Enroll(ctx context.Context, cfg Config, cred Credential) (*Identity, error)
 			ks.Delete(context.WithoutCancel(ctx), name)
 		}
 	}()
+	if p, ok := cred.(preparer); ok {
+		// Challenge-response mechanisms (TPM) run their first round
+		// now, with the new key, and yield the credential to present.
+		if cred, err = p.prepare(ctx, r, c, key); err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+	}
 	csr, err := enrollCSR(r.Rand, key, r.Tenant, r.Device)
 	if err != nil {
 		return nil, fmt.Errorf("agent: signing the CSR: %w", err)
 	}
 	var leaf *x509.Certificate
 	for {
-		leaf, err = c.enroll(ctx, wire.ESTSimpleEnroll, csr, cred, r.Device, nil)
+		ac := &authContext{tenant: r.Tenant, device: r.Device, label: r.label(), now: r.Clock.Now(), rand: r.Rand}
+		leaf, err = c.enroll(ctx, wire.ESTSimpleEnroll, csr, cred, ac, nil)
 		var se *ServerError
 		if !errors.As(err, &se) || se.Status != http.StatusAccepted {
 			break
@@ -431,7 +439,7 @@ func (a *Agent) renew(ctx context.Context) error {
 		return fmt.Errorf("signing the CSR: %w", err)
 	}
 	a.hook("csr-signed")
-	leaf, err := a.est.enroll(ctx, wire.ESTSimpleReenroll, csr, nil, "", tlsCert)
+	leaf, err := a.est.enroll(ctx, wire.ESTSimpleReenroll, csr, nil, nil, tlsCert)
 	if err != nil {
 		return err
 	}

@@ -3,18 +3,28 @@ package agent
 import (
 	"errors"
 	"net/http"
+	"time"
 )
 
 // Credential is what a device presents to enroll for the first time: its
-// bootstrap credential. Today that is an enrollment token ([Token],
-// [BasicToken]); manufacturer X.509 certificates, TPM endorsement keys and
-// symmetric keys will join them as further implementations in this
-// package. The interface is sealed so that every kind is reviewed here.
+// bootstrap credential. The four mechanisms of zero-touch provisioning
+// are an enrollment token ([Token], [BasicToken]), a manufacturer X.509
+// certificate ([X509]), a per-device symmetric key ([Symmetric]) and the
+// TPM's endorsement key ([TPM]). The interface is sealed so that every
+// kind is reviewed here.
 type Credential interface {
 	// authorize adds the credential to an enrollment request.
-	authorize(req *http.Request, device string) error
+	authorize(req *http.Request, a *authContext) error
 	// String describes the credential without revealing it.
 	String() string
+}
+
+// authContext is what a credential may need to know about the request it
+// authorizes.
+type authContext struct {
+	tenant, device, label string
+	now                   time.Time
+	rand                  randReader
 }
 
 // Token returns a one-time enrollment token credential, sent as
@@ -32,12 +42,12 @@ type tokenCredential struct {
 	basic  bool
 }
 
-func (t tokenCredential) authorize(req *http.Request, device string) error {
+func (t tokenCredential) authorize(req *http.Request, a *authContext) error {
 	if t.secret == "" {
 		return errors.New("the enrollment token is empty")
 	}
 	if t.basic {
-		req.SetBasicAuth(device, t.secret)
+		req.SetBasicAuth(a.device, t.secret)
 	} else {
 		req.Header.Set("Authorization", "Bearer "+t.secret)
 	}

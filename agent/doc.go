@@ -19,6 +19,15 @@
 //	go a.Run(ctx) // renews at about two thirds of the lifetime
 //	tlsConfig := &tls.Config{GetClientCertificate: a.GetClientCertificate, ...}
 //
+// # Bootstrap credentials
+//
+// The first enrollment is authenticated by what the device was given at
+// the factory: a one-time token ([Token]), a manufacturer certificate
+// presented as the TLS client certificate of that one request ([X509]), a
+// key derived from a group key ([Symmetric]; Config.Label names the group)
+// or the TPM's endorsement key ([TPM]; with the tpm keystore, whose key the
+// TPM certifies). After that the operational certificate alone is used.
+//
 // # Keys and renewal
 //
 // Every certificate has its own key, generated inside the keystore and

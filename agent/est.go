@@ -157,7 +157,7 @@ func (c *estClient) caCerts(ctx context.Context) ([]*x509.Certificate, error) {
 // enroll posts a CSR to simpleenroll or simplereenroll. cred
 // authenticates a first enrollment, cert (the current credential over
 // mutual TLS) a re-enrollment.
-func (c *estClient) enroll(ctx context.Context, op string, csrDER []byte, cred Credential, device string, cert *tls.Certificate) (*x509.Certificate, error) {
+func (c *estClient) enroll(ctx context.Context, op string, csrDER []byte, cred Credential, a *authContext, cert *tls.Certificate) (*x509.Certificate, error) {
 	req, err := http.NewRequest(http.MethodPost, c.url(op), bytes.NewReader(wire.EncodeBase64Body(csrDER)))
 	if err != nil {
 		return nil, err
@@ -165,8 +165,14 @@ func (c *estClient) enroll(ctx context.Context, op string, csrDER []byte, cred C
 	req.Header.Set("Content-Type", wire.ESTContentTypePKCS10)
 	req.Header.Set(wire.ESTTransferEncoding, wire.ESTEncodingBase64)
 	if cred != nil {
-		if err := cred.authorize(req, device); err != nil {
+		if err := cred.authorize(req, a); err != nil {
 			return nil, err
+		}
+		if cc, ok := cred.(clientCertCredential); ok {
+			// The manufacturer certificate authenticates this request
+			// only, on its own connection: it is never used for MQTT or
+			// for renewal.
+			cert = cc.clientCertificate()
 		}
 	}
 	client := c.plain

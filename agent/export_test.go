@@ -9,3 +9,6 @@ var ParseRetryAfter = parseRetryAfter
 
 // KeyNameForTest is the keystore name of a generation's key.
 var KeyNameForTest = keyName
+
+// ParseTPMChallenge exposes parseTPMChallenge to tests.
+var ParseTPMChallenge = parseTPMChallenge

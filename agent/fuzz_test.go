@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/wardiot/ward/agent"
+	"github.com/wardiot/ward/wire"
 )
 
 func FuzzParseRetryAfter(f *testing.F) {
@@ -52,6 +53,21 @@ func FuzzReadStatus(f *testing.F) {
 		}
 		if s.Serial == "" || s.KeyName == "" || s.Generation == 0 {
 			t.Fatalf("accepted state without a credential: %+v", s)
+		}
+	})
+}
+
+func FuzzParseTPMChallenge(f *testing.F) {
+	f.Add([]byte(`{"challenge":"AAEC","credential":"AAEC","secret":"AAEC","nonce":"AQ==","device_id":"tpm-ab","expires":1}`))
+	f.Add([]byte(`{"challenge":"","device_id":"../x"}`))
+	f.Add([]byte(`[]`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ch, err := agent.ParseTPMChallenge(b)
+		if err != nil {
+			return
+		}
+		if len(b) > 16<<10 || len(ch.Challenge) == 0 || len(ch.Nonce) == 0 || len(ch.Credential) < 2 || len(ch.Secret) < 2 || wire.ValidateDeviceID(ch.DeviceID) != nil {
+			t.Fatalf("accepted %q", b)
 		}
 	})
 }

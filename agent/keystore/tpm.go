@@ -422,3 +422,66 @@ func (k *tpmKey) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byt
 		new(big.Int).SetBytes(sig.SignatureS.Buffer),
 	})
 }
+
+// TPMAccess is the TPM behind a tpm keystore, lent for operations beyond
+// signing (the agent's TPM endorsement-key provisioning: credential
+// activation and key certification). See [WithTPM].
+type TPMAccess struct {
+	// TPM is the command channel. Use it only inside the WithTPM call.
+	TPM transport.TPM
+	// SRK is the keystore's storage primary key, the parent under which
+	// the caller may create objects.
+	SRK tpm2.NamedHandle
+
+	store *tpmStore
+}
+
+// LoadKey loads k, a key of this keystore, and returns its handle and
+// public area. The caller flushes the handle.
+func (a *TPMAccess) LoadKey(k Key) (tpm2.NamedHandle, tpm2.TPMTPublic, error) {
+	tk, ok := k.(*tpmKey)
+	if !ok || tk.store != a.store {
+		return tpm2.NamedHandle{}, tpm2.TPMTPublic{}, errors.New("keystore: the key is not in this TPM keystore")
+	}
+	priv, err := tpm2.Unmarshal[tpm2.TPM2BPrivate](tk.blob.PrivKey)
+	if err != nil {
+		return tpm2.NamedHandle{}, tpm2.TPMTPublic{}, fmt.Errorf("keystore: key %q: private blob: %w", tk.name, err)
+	}
+	pub2b, err := tpm2.Unmarshal[tpm2.TPM2BPublic](tk.blob.PubKey)
+	if err != nil {
+		return tpm2.NamedHandle{}, tpm2.TPMTPublic{}, fmt.Errorf("keystore: key %q: public blob: %w", tk.name, err)
+	}
+	pub, err := pub2b.Contents()
+	if err != nil {
+		return tpm2.NamedHandle{}, tpm2.TPMTPublic{}, fmt.Errorf("keystore: key %q: public blob: %w", tk.name, err)
+	}
+	rsp, err := tpm2.Load{ParentHandle: a.SRK, InPrivate: *priv, InPublic: *pub2b}.Execute(a.TPM)
+	if err != nil {
+		return tpm2.NamedHandle{}, tpm2.TPMTPublic{}, fmt.Errorf("keystore: key %q: TPM2_Load: %w", tk.name, err)
+	}
+	return tpm2.NamedHandle{Handle: rsp.ObjectHandle, Name: rsp.Name}, *pub, nil
+}
+
+// WithTPM runs fn with exclusive use of the TPM of ks, which must be a tpm
+// keystore. The keys the keystore had loaded are flushed first, so fn has
+// every transient object slot but the storage primary's (swtpm and many
+// TPMs have three); fn must flush every object it loads or creates.
+func WithTPM(ctx context.Context, ks Keystore, fn func(*TPMAccess) error) error {
+	s, ok := ks.(*tpmStore)
+	if !ok {
+		return fmt.Errorf("keystore: the %s keystore has no TPM", ks.Kind())
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	for name, lk := range s.loaded {
+		s.flush(lk.handle.Handle)
+		delete(s.loaded, name)
+	}
+	return fn(&TPMAccess{TPM: s.tpm, SRK: s.primary, store: s})
+}

@@ -47,14 +47,28 @@ type server struct {
 
 func newServer(t testing.TB, hosts ...string) *server {
 	t.Helper()
+	return newServerWith(t, nil, nil, hosts...)
+}
+
+// newServerWith is newServer with the EST CA wrapped by wrap and more
+// routes added by routes (either may be nil).
+func newServerWith(t testing.TB, wrap func(*esttest.CA) est.CA, routes func(*http.ServeMux), hosts ...string) *server {
+	t.Helper()
 	s := &server{ca: esttest.NewCA(t, tenant), apiToken: "api-" + rand.Text()}
-	h, err := est.New(s.ca)
+	var ca est.CA = s.ca
+	if wrap != nil {
+		ca = wrap(s.ca)
+	}
+	h, err := est.New(ca)
 	if err != nil {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle(wire.ESTPrefix, h)
 	mux.HandleFunc("POST /api/v1/tokens", s.mint)
+	if routes != nil {
+		routes(mux)
+	}
 	srv := httptest.NewUnstartedServer(mux)
 	caPEM, cert := serverCert(t, hosts...)
 	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}

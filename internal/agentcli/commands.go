@@ -18,22 +18,48 @@ import (
 )
 
 func (a *app) enrollCmd() *cobra.Command {
-	var server, caFile, tenant, device, label, token, tokenFile, ks, state string
+	var server, caFile, tenant, device, label, token, tokenFile, bootstrap, ks, state string
 	var basic bool
 	c := &cobra.Command{
 		Use:   "enroll",
 		Short: "Enroll the device with a bootstrap credential",
 		Long: `enroll fetches the tenant's CA certificates, generates a key in the keystore,
-and gets the device's first certificate over EST. The token comes from
---token-file, $WARD_ENROLL_TOKEN or --token (visible to other users in ps).`,
+and gets the device's first certificate over EST, authenticated by a
+bootstrap credential: an enrollment token from --token-file,
+$WARD_ENROLL_TOKEN or --token (visible to other users in ps), or one of
+--bootstrap x509:CERT.pem,KEY.pem (manufacturer certificate), tpm (the
+TPM's endorsement key; needs --keystore tpm:...), symmetric:KEYFILE (the
+device key derived from a group key; needs --label TENANT.GROUP) or
+token:TOKEN.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := required(c, "server", "ca", "tenant", "device", "state"); err != nil {
 				return err
 			}
-			secret, err := enrollToken(token, tokenFile)
-			if err != nil {
-				return err
+			var cred agent.Credential
+			if bootstrap != "" {
+				if token != "" || tokenFile != "" || os.Getenv("WARD_ENROLL_TOKEN") != "" {
+					return usageError{errors.New("enroll: give --bootstrap or an enrollment token (--token, --token-file, WARD_ENROLL_TOKEN), not both")}
+				}
+				spec, err := parseBootstrap(bootstrap)
+				if err != nil {
+					return usageError{err}
+				}
+				if spec.kind == "tpm" && !strings.HasPrefix(ks, "tpm:") {
+					return usageError{withHint(errors.New("enroll: --bootstrap tpm needs the TPM keystore"), "add --keystore tpm:/dev/tpmrm0 (the device key must be in the TPM that proves itself)")}
+				}
+				if cred, err = spec.credential(basic); err != nil {
+					return usageError{err}
+				}
+			} else {
+				secret, err := enrollToken(token, tokenFile)
+				if err != nil {
+					return err
+				}
+				cred = agent.Token(secret)
+				if basic {
+					cred = agent.BasicToken(secret)
+				}
 			}
 			if ks == "" {
 				ks = "file:" + filepath.Join(state, "keys")
@@ -53,10 +79,6 @@ and gets the device's first certificate over EST. The token comes from
 				return err
 			}
 			defer store.Close()
-			cred := agent.Token(secret)
-			if basic {
-				cred = agent.BasicToken(secret)
-			}
 			id, err := agent.Enroll(c.Context(), agent.Config{
 				Server: server, CABundle: bundle, Tenant: tenant, Device: device, Label: label,
 				Keystore: store, StateDir: state, Logger: a.logger("info"),
@@ -80,6 +102,7 @@ and gets the device's first certificate over EST. The token comes from
 	f.StringVar(&label, "label", "", "EST label (default: the tenant)")
 	f.StringVar(&token, "token", "", "enrollment token (prefer --token-file or $WARD_ENROLL_TOKEN)")
 	f.StringVar(&tokenFile, "token-file", "", "file holding the enrollment token")
+	f.StringVar(&bootstrap, "bootstrap", "", "bootstrap credential: x509:CERT.pem,KEY.pem | tpm | symmetric:KEYFILE | token:TOKEN (instead of the --token flags)")
 	f.BoolVar(&basic, "basic", false, "send the token with HTTP Basic (user = device ID) instead of Bearer")
 	f.StringVar(&ks, "keystore", "", "keystore spec: file:DIR, pkcs11:module=...;token=...;pin-source=FILE, tpm:/dev/tpmrm0 (default file:STATE/keys)")
 	f.StringVar(&state, "state", "", "state directory (identity.json, agent.json)")

@@ -28,3 +28,31 @@ func FuzzParseTokenFile(f *testing.F) {
 		}
 	})
 }
+
+func FuzzParseBootstrap(f *testing.F) {
+	for _, s := range []string{"tpm", "x509:a.pem,b.pem", "symmetric:k", "token:wardgrp_x_y", "x509:,", "tpm:", ":"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		b, err := parseBootstrap(s)
+		if err != nil {
+			return
+		}
+		switch b.kind {
+		case "tpm":
+			if len(b.args) != 0 {
+				t.Fatalf("tpm with args %q", b.args)
+			}
+		case "x509":
+			if len(b.args) != 2 || b.args[0] == "" || b.args[1] == "" {
+				t.Fatalf("x509 args %q", b.args)
+			}
+		case "token", "symmetric":
+			if len(b.args) != 1 || b.args[0] == "" {
+				t.Fatalf("%s args %q", b.kind, b.args)
+			}
+		default:
+			t.Fatalf("accepted kind %q", b.kind)
+		}
+	})
+}

@@ -57,6 +57,11 @@ func New(db *sql.DB, d Dialect) *DB {
 // SQL returns the underlying handle, for migrations and tests.
 func (s *DB) SQL() *sql.DB { return s.db }
 
+// SQLDialect returns the engine's dialect, so that stores of other
+// packages (provisionsql, deviceauthsql) can share the handle and write
+// the same portable SQL.
+func (s *DB) SQLDialect() Dialect { return *s.d }
+
 // Dialect implements store.Store.
 func (s *DB) Dialect() string { return s.d.Name }
 
@@ -160,8 +165,12 @@ var rebound sync.Map // query text -> dollar-placeholder text
 
 // sql rewrites '?' placeholders for engines that want $n. Queries in this
 // package never contain '?' inside string literals.
-func (q q) sql(s string) string {
-	if !q.d.Dollar {
+func (q q) sql(s string) string { return q.d.Rebind(s) }
+
+// Rebind rewrites the '?' placeholders of s for engines that want $n. The
+// query must not contain '?' inside string literals.
+func (d *Dialect) Rebind(s string) string {
+	if !d.Dollar {
 		return s
 	}
 	if v, ok := rebound.Load(s); ok {
