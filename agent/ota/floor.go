@@ -296,7 +296,9 @@ func (f *TPMFloor) handle(rsp *tpm2.NVReadPublicResponse) tpm2.NamedHandle {
 	return tpm2.NamedHandle{Handle: f.index, Name: rsp.NVName}
 }
 
-// Floor implements [Floor]. A counter never incremented reads as 0.
+// Floor implements [Floor]. A counter never incremented is incremented
+// first, so a fresh TPM's floor is 1 (or more, if the TPM had counters
+// before): security versions start at 1.
 func (f *TPMFloor) Floor() (uint64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -308,14 +310,27 @@ func (f *TPMFloor) read() (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
+	pub, err := rsp.NVPublic.Contents()
+	if err != nil {
+		return 0, err
+	}
+	if !pub.Attributes.Written {
+		// A counter that was never incremented has no value, and
+		// reading it as 0 would let whoever deleted and re-created
+		// the index lower the floor. Its first increment sets it
+		// above the highest value any counter of this TPM has held.
+		if _, err := (tpm2.NVIncrement{AuthHandle: tpm2.TPMRHOwner, NVIndex: f.handle(rsp)}).Execute(f.tpm); err != nil {
+			return 0, fmt.Errorf("ota: initialise floor counter: %w", err)
+		}
+		if rsp, err = f.public(); err != nil {
+			return 0, err
+		}
+	}
 	r, err := tpm2.NVRead{
 		AuthHandle: tpm2.TPMRHOwner,
 		NVIndex:    f.handle(rsp),
 		Size:       8,
 	}.Execute(f.tpm)
-	if errors.Is(err, tpm2.TPMRCNVUninitialized) {
-		return 0, nil
-	}
 	if err != nil {
 		return 0, fmt.Errorf("ota: read floor counter: %w", err)
 	}
