@@ -44,12 +44,30 @@ func ApplyDelta(out io.Writer, patch io.Reader, base []byte, limit int64) (int64
 		return 0, fmt.Errorf("ota: delta: %w", err)
 	}
 	defer dec.Close()
-	n, err := io.Copy(out, io.LimitReader(dec, limit+1))
+	lw := &limitWriter{w: out, n: limit}
+	n, err := io.Copy(lw, dec)
+	if errors.Is(err, errDeltaTooLong) {
+		return n, err
+	}
 	if err != nil {
 		return n, fmt.Errorf("ota: delta: %w", err)
 	}
-	if n > limit {
-		return n, errors.New("ota: delta reconstructs more than the target's length")
-	}
 	return n, nil
+}
+
+var errDeltaTooLong = errors.New("ota: delta reconstructs more than the target's length")
+
+// limitWriter refuses to write past n bytes.
+type limitWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (l *limitWriter) Write(p []byte) (int, error) {
+	if int64(len(p)) > l.n {
+		return 0, errDeltaTooLong
+	}
+	n, err := l.w.Write(p)
+	l.n -= int64(n)
+	return n, err
 }
