@@ -81,7 +81,11 @@ type Engine struct {
 	// downloads.
 	every int64
 
-	mu     sync.Mutex
+	// mu serialises jobs: Start and Handle hold it for a whole job.
+	mu sync.Mutex
+	// smu guards j and status, so that Status and Journal answer while
+	// a job runs. j is written only by the job holding mu.
+	smu    sync.Mutex
 	j      *Journal
 	status wire.OTAStatus
 }
@@ -123,15 +127,15 @@ func New(cfg Config) (*Engine, error) {
 
 // Journal returns a copy of the current journal.
 func (e *Engine) Journal() Journal {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.smu.Lock()
+	defer e.smu.Unlock()
 	return *e.j
 }
 
 // Status returns the last status reported.
 func (e *Engine) Status() wire.OTAStatus {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.smu.Lock()
+	defer e.smu.Unlock()
 	return e.status
 }
 
@@ -175,10 +179,18 @@ func (e *Engine) advance(j *Journal) error {
 		return err
 	}
 	reported := e.j.Phase != j.Phase || e.j.Seq != j.Seq
+	var st wire.OTAStatus
+	if reported {
+		st = e.statusOf(j)
+	}
+	e.smu.Lock()
 	e.j = j
 	if reported {
-		e.status = e.statusOf(j)
-		e.cfg.Report(e.status)
+		e.status = st
+	}
+	e.smu.Unlock()
+	if reported {
+		e.cfg.Report(st)
 	}
 	return nil
 }

@@ -415,3 +415,32 @@ func TestEngineRefusesTamperedImage(t *testing.T) {
 		t.Fatal("a tampered image was set to boot")
 	}
 }
+
+// The trial is reported before the health gate runs, so that the server's
+// rollout health gate sees the device on trial, and Status answers while
+// the gate waits.
+func TestEngineReportsTrialBeforeHealthGate(t *testing.T) {
+	f := newFleet(t, false)
+	d := newDevice(t, f, 1)
+	if err := d.mustEngine().Handle(context.Background(), job2); !errors.Is(err, ErrRebooting) {
+		t.Fatal(err)
+	}
+	d.boot()
+	e := d.mustEngine()
+	var during wire.OTAStatus
+	done := make(chan struct{})
+	d.health = func(context.Context) error {
+		go func() { during = e.Status(); close(done) }()
+		<-done
+		return nil
+	}
+	if err := e.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if during.Phase != wire.OTAPhaseTrial || during.Release != "fw@fw-2.img" || during.Floor != 1 {
+		t.Fatalf("status during the health gate = %+v", during)
+	}
+	if got := e.Status(); got.Phase != wire.OTAPhaseCommitted || got.Floor != 2 {
+		t.Fatalf("status after = %+v", got)
+	}
+}
