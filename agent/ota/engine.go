@@ -63,7 +63,8 @@ type Config struct {
 	Reboot func() error
 	// Health is the health gate run on the trial boot: nil commits, an
 	// error rolls back. It should wait for whatever the device needs
-	// (the job's HealthWindow, connectivity, the server's verdict).
+	// (the job's HealthWindow, in [Engine.Journal], connectivity, the
+	// server's verdict). The trial status is reported before it runs.
 	Health func(ctx context.Context) error
 	// Report receives every status change, to publish on
 	// ward/v1/<device>/ota/status. It must not block for long.
@@ -284,7 +285,7 @@ func (e *Engine) newJob(ctx context.Context, job wire.OTAJob, delta bool) error 
 	}
 	plan, err := e.cfg.Source.Resolve(ctx, e.j.Installed, floor)
 	start := Journal{Seq: e.j.Seq + 1, Phase: PhaseDownloading, Rollout: job.Rollout, Release: job.Release,
-		Installed: e.j.Installed, Slot: otherSlot(e.j.Installed.Slot)}
+		Installed: e.j.Installed, Slot: otherSlot(e.j.Installed.Slot), HealthWindow: max(job.HealthWindow, 0)}
 	if err == nil && job.Release != "" && plan.Image.Release != job.Release {
 		err = fmt.Errorf("%w: the director names %q, the job %q", ErrDisagree, plan.Image.Release, job.Release)
 	}

@@ -177,7 +177,7 @@ func (d *device) mustEngine() *Engine {
 	return e
 }
 
-var job2 = wire.OTAJob{Rollout: "r1", Release: "fw@fw-2.img"}
+var job2 = wire.OTAJob{Rollout: "r1", Release: "fw@fw-2.img", HealthWindow: 5 * time.Minute}
 
 // update runs a job to the end with orderly reboots.
 func (d *device) update(job wire.OTAJob) *Engine {
@@ -436,6 +436,9 @@ func TestEngineReportsTrialBeforeHealthGate(t *testing.T) {
 	}
 	if err := e.Start(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+	if e.Journal().HealthWindow != 5*time.Minute {
+		t.Fatalf("health window %v after the reboot", e.Journal().HealthWindow)
 	}
 	if during.Phase != wire.OTAPhaseTrial || during.Release != "fw@fw-2.img" || during.Floor != 1 {
 		t.Fatalf("status during the health gate = %+v", during)

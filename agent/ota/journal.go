@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"time"
 )
 
 // maxJournalSize bounds state.json: it holds a few names and numbers, and
@@ -97,8 +98,12 @@ type Journal struct {
 	// Offset is how many bytes of the staged download are durable.
 	Offset int64 `json:"offset,omitempty"`
 	// Slot is the slot being written.
-	Slot  string `json:"slot,omitempty"`
-	Error string `json:"error,omitempty"`
+	Slot string `json:"slot,omitempty"`
+	// HealthWindow is the job's: how long the trial boot must stay
+	// healthy. Kept here because the job message is gone after the
+	// reboot; the Health function reads it with [Engine.Journal].
+	HealthWindow time.Duration `json:"health_window,omitempty"`
+	Error        string        `json:"error,omitempty"`
 	// Installed is what the committed slot runs.
 	Installed Installed `json:"installed"`
 }
@@ -127,7 +132,7 @@ func (j *Journal) check() error {
 	if j.Phase.rank() < 0 {
 		return fmt.Errorf("unknown phase %q", j.Phase)
 	}
-	if j.Offset < 0 || j.Length < 0 || j.DeltaLength < 0 || j.Installed.Length < 0 {
+	if j.Offset < 0 || j.Length < 0 || j.HealthWindow < 0 || j.DeltaLength < 0 || j.Installed.Length < 0 {
 		return errors.New("negative length")
 	}
 	if err := checkSlot(j.Installed.Slot); err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"math/rand/v2"
 	"os"
 	"strconv"
 	"testing"
@@ -25,12 +26,25 @@ func (f *faultFS) stepCount() int {
 // crashAt-th write (0: never), restarting it through the simulated
 // bootloader until the job is over. It checks the invariants at every
 // boot and returns the final journal and the number of writes made.
-func powerLossRun(t *testing.T, f *fleet, seed uint64, crashAt int) (*Journal, int) {
+func powerLossRun(t *testing.T, f *fleet, seed uint64, failHealth bool, crashes ...int) (j *Journal, steps, cuts int) {
 	t.Helper()
 	d := newDevice(t, f, seed)
+	if failHealth {
+		d.health = func(context.Context) error { return errors.New("unhealthy") }
+	}
 	d.fs.mu.Lock()
-	d.fs.steps, d.fs.crashAt = 0, crashAt
+	d.fs.steps = 0
 	d.fs.mu.Unlock()
+	crashAt := 0
+	arm := func() {
+		if len(crashes) > 0 {
+			crashAt, crashes = crashes[0], crashes[1:]
+			d.fs.mu.Lock()
+			d.fs.steps, d.fs.crashAt = 0, crashAt
+			d.fs.mu.Unlock()
+		}
+	}
+	arm()
 	ctx := context.Background()
 	version := map[string]uint64{SlotA: 1, SlotB: 2}
 	image := map[string][]byte{SlotA: f.v1, SlotB: f.v2}
@@ -60,6 +74,7 @@ func powerLossRun(t *testing.T, f *fleet, seed uint64, crashAt int) (*Journal, i
 		last = j
 	}
 	powerCut := func() {
+		cuts++
 		d.fs.powerCycle()
 		s, err := Boot(d.fs)
 		if err != nil {
@@ -67,6 +82,7 @@ func powerLossRun(t *testing.T, f *fleet, seed uint64, crashAt int) (*Journal, i
 		}
 		d.booted = s
 		check("after power cut")
+		arm()
 	}
 	jobs := 0
 	for range 30 {
@@ -105,7 +121,7 @@ func powerLossRun(t *testing.T, f *fleet, seed uint64, crashAt int) (*Journal, i
 		}
 	}
 	check("end")
-	j := last
+	j = last
 	env, _, err := ReadBootEnv(d.fs)
 	if err != nil {
 		t.Fatal(err)
@@ -116,17 +132,18 @@ func powerLossRun(t *testing.T, f *fleet, seed uint64, crashAt int) (*Journal, i
 	if !newCommitted && !oldCommitted {
 		t.Fatalf("crash at %d: mixed end state: journal %+v, boot env %+v, booted %s, floor %d", crashAt, j, env, d.booted, fl)
 	}
-	return j, d.fs.stepCount()
+	return j, d.fs.stepCount(), cuts
 }
 
 // TestPowerLoss cuts the power at every write of an update (download,
-// install, boot environment, trial boot, commit), several times over with
-// different tears, for full images and deltas. WARD_POWERLOSS_TRIALS
-// changes the number of trials (default 600).
+// install, boot environment, trial boot, commit or rollback), several
+// times over with different tears, for full images, deltas and a failing
+// health gate. WARD_POWERLOSS_TRIALS changes the number of trials
+// (default 600).
 func TestPowerLoss(t *testing.T) {
 	trials := 600
 	if testing.Short() {
-		trials = 100
+		trials = 120
 	}
 	if s := os.Getenv("WARD_POWERLOSS_TRIALS"); s != "" {
 		n, err := strconv.Atoi(s)
@@ -135,19 +152,53 @@ func TestPowerLoss(t *testing.T) {
 		}
 		trials = n
 	}
-	for _, delta := range []bool{false, true} {
-		f := newFleet(t, delta)
-		_, steps := powerLossRun(t, f, 0, 0)
-		committed, rolledBack := 0, 0
-		for i := range trials / 2 {
-			crashAt := 1 + i%steps
-			j, _ := powerLossRun(t, f, uint64(i), crashAt)
-			if j.Installed.SHA256 == sha(f.v2) {
-				committed++
-			} else {
-				rolledBack++
-			}
+	total := 0
+	for _, tc := range []struct {
+		name              string
+		delta, failHealth bool
+	}{{"full", false, false}, {"delta", true, false}, {"unhealthy", false, true}} {
+		f := newFleet(t, tc.delta)
+		_, steps, _ := powerLossRun(t, f, 0, tc.failHealth)
+		ended := map[bool]int{}
+		cuts := 0
+		for i := range trials / 3 {
+			j, _, c := powerLossRun(t, f, uint64(i), tc.failHealth, 1+i%steps)
+			cuts += c
+			ended[j.Installed.SHA256 == sha(f.v2)]++
 		}
-		t.Logf("delta=%v: %d writes per update, %d power cuts: %d ended on v2, %d on v1", delta, steps, trials/2, committed, rolledBack)
+		if tc.failHealth && ended[true] > 0 {
+			t.Fatalf("%s: %d updates committed despite the health gate", tc.name, ended[true])
+		}
+		total += cuts
+		t.Logf("%s: %d writes per update, %d power cuts: %d ended on v2, %d on v1", tc.name, steps, cuts, ended[true], ended[false])
 	}
+	t.Logf("%d power cuts in all", total)
+}
+
+// TestPowerLossTwice cuts the power twice per update, the second time
+// somewhere in the recovery from the first (WARD_POWERLOSS_TRIALS/3
+// trials, default 200).
+func TestPowerLossTwice(t *testing.T) {
+	trials := 200
+	if testing.Short() {
+		trials = 40
+	}
+	if s := os.Getenv("WARD_POWERLOSS_TRIALS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		trials = n / 3
+	}
+	f := newFleet(t, true)
+	_, steps, _ := powerLossRun(t, f, 0, false)
+	rng := rand.New(rand.NewPCG(42, 42))
+	ended := map[bool]int{}
+	cuts := 0
+	for i := range trials {
+		j, _, c := powerLossRun(t, f, uint64(i), false, 1+rng.IntN(steps), 1+rng.IntN(steps))
+		cuts += c
+		ended[j.Installed.SHA256 == sha(f.v2)]++
+	}
+	t.Logf("%d updates, %d power cuts: %d ended on v2, %d on v1", trials, cuts, ended[true], ended[false])
 }

@@ -95,7 +95,13 @@ type ClientConfig struct {
 	Now func() time.Time
 }
 
-// Client is the TUF client for the Image and Director repositories.
+// Client is the TUF client for the Image and Director repositories. It is
+// not safe for concurrent use; the [Engine] runs one job at a time.
+//
+// go-tuf writes the metadata cache without fsync: after a power cut a
+// cached file may be empty, and the client then starts again from the
+// enrollment root, which is safe because the floor and the installed
+// release counter are kept elsewhere.
 type Client struct {
 	cfg       ClientConfig
 	imageBase string
