@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -445,5 +446,54 @@ func TestEngineReportsTrialBeforeHealthGate(t *testing.T) {
 	}
 	if got := e.Status(); got.Phase != wire.OTAPhaseCommitted || got.Floor != 2 {
 		t.Fatalf("status after = %+v", got)
+	}
+}
+
+// The same update on the operating system's file system: real renames,
+// fsyncs and directory syncs.
+func TestEngineOnDirFS(t *testing.T) {
+	f := newFleet(t, true)
+	fsys := DirFS(t.TempDir())
+	slot, err := FileSlots{fsys}.OpenSlot(SlotA, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slot.Write(f.v1)
+	slot.Close()
+	if err := writeJournal(fsys, nil, &Journal{Phase: PhaseIdle, Installed: Installed{Slot: SlotA, Target: "fw-1.img",
+		SHA256: sha(f.v1), Length: int64(len(f.v1)), ReleaseCounter: 1, SecurityVersion: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	floor, _ := NewLogFloor(fsys, bytes.Repeat([]byte{9}, 32))
+	client := newTestClient(t, f.srv, filepath.Join(t.TempDir(), "tuf"), fixedNow)
+	engine := func(booted string) *Engine {
+		e, err := New(Config{FS: fsys, Source: client, Floor: floor, Booted: booted,
+			Reboot: func() error { return ErrRebooting },
+			Health: func(context.Context) error { return nil }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	if err := engine(SlotA).Handle(context.Background(), job2); !errors.Is(err, ErrRebooting) {
+		t.Fatalf("Handle = %v", err)
+	}
+	booted, err := Boot(fsys)
+	if err != nil || booted != SlotB {
+		t.Fatalf("Boot = %s, %v", booted, err)
+	}
+	e := engine(booted)
+	if err := e.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if j := e.Journal(); j.Phase != PhaseCommitted || j.Delta == "" {
+		t.Fatalf("journal = %+v", j)
+	}
+	b, err := os.ReadFile(filepath.Join(string(fsys), "slots", "b.img"))
+	if err != nil || !bytes.Equal(b, f.v2) {
+		t.Fatalf("slot b: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(string(fsys), stagingName)); !os.IsNotExist(err) {
+		t.Fatalf("staging file left behind: %v", err)
 	}
 }
