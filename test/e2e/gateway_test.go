@@ -1,13 +1,18 @@
 package e2e
 
 import (
+	"crypto"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wardiot/ward/wire"
 )
 
 // enrolled is a device enrolled with the real ward-agent: its certificate
@@ -37,6 +42,35 @@ func enrollDevice(t *testing.T, p *proc, w func(...string) string, tenantID, dev
 	return enrolled{device: device, cert: cert, key: filepath.Join(keys, id.Key+".pem")}
 }
 
+// signedReading writes a telemetry envelope signed with the device's key
+// file and returns its path.
+func signedReading(t *testing.T, d enrolled, seq uint64, payload string) string {
+	t.Helper()
+	keyPEM, err := os.ReadFile(d.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(keyPEM)
+	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, _ := os.ReadFile(d.cert)
+	cb, _ := pem.Decode(certPEM)
+	cert, err := x509.ParseCertificate(cb.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := wire.SignTelemetry(k.(crypto.Signer), wire.Header{Device: d.device, Seq: seq, Time: time.Now(), SchemaID: "temp",
+		SchemaVersion: 1, KeyID: wire.TelemetryKeyID(cert.RawSubjectPublicKeyInfo)}, []byte(payload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "reading.cose")
+	os.WriteFile(path, env, 0o600)
+	return path
+}
+
 func mqttArgs(p *proc, d enrolled, version string) []string {
 	host, port, _ := strings.Cut(p.mqttAddr, ":")
 	return []string{"-h", host, "-p", port, "--cafile", filepath.Join(p.dir, "ca.pem"), "--cert", d.cert, "--key", d.key,
@@ -60,10 +94,18 @@ func TestGatewayWithMosquittoClients(t *testing.T) {
 	w("tenant", "create", "globex")
 	d1 := enrollDevice(t, p, w, "acme", "d1")
 	g1 := enrollDevice(t, p, w, "globex", "g1")
+	schema := filepath.Join(t.TempDir(), "temp.json")
+	os.WriteFile(schema, []byte(`{"type":"object","properties":{"celsius":{"type":"number"}},"required":["celsius"]}`), 0o644)
+	w("schema", "register", "--tenant", "acme", "--file", schema, "--id", "temp", "--version", "1")
+	seq := uint64(0)
 
 	for _, v := range []string{"mqttv311", "mqttv5"} {
 		t.Run("own-topic/"+v, func(t *testing.T) {
-			if out, err := run(t, pub, append(mqttArgs(p, d1, v), "-t", "ward/v1/d1/telemetry/temp", "-m", "21.5", "-q", "1")...); err != nil {
+			// The payload is a COSE_Sign1 envelope signed with the device's
+			// key file; mosquitto_pub only carries the bytes.
+			seq++
+			env := signedReading(t, d1, seq, `{"celsius":21.5}`)
+			if out, err := run(t, pub, append(mqttArgs(p, d1, v), "-t", "ward/v1/d1/telemetry/temp", "-f", env, "-q", "1")...); err != nil {
 				t.Fatalf("publish on own topic: %v %s", err, out)
 			}
 		})
@@ -132,6 +174,10 @@ func TestGatewayWithMosquittoClients(t *testing.T) {
 			t.Fatalf("a revoked certificate reconnected: %s", out)
 		}
 	})
+	readings := w("device", "telemetry", "d1", "--tenant", "acme", "-o", "json")
+	if strings.Count(readings, `"seq"`) != 2 {
+		t.Errorf("the two readings mosquitto_pub carried were not both verified and stored: %s", readings)
+	}
 	events := w("event", "list", "--tenant", "acme")
 	if !strings.Contains(events, "policy.denied") {
 		t.Errorf("no policy.denied event recorded:\n%s", events)
