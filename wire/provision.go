@@ -43,8 +43,11 @@ var ErrMalformedProvision = errors.New("malformed provisioning message")
 // challenge-response mechanism (only "tpm" today) for an EST label. It sits
 // beside the EST paths but is not part of RFC 7030.
 func ProvisionChallengePath(label, mechanism string) string {
-	return "/.well-known/ward/provision/" + label + "/" + mechanism + "/challenge"
+	return ProvisionPrefix + label + "/" + mechanism + "/challenge"
 }
+
+// ProvisionPrefix is where ProvisionChallengePath paths live.
+const ProvisionPrefix = "/.well-known/ward/provision/"
 
 // ---- Symmetric key ----
 

@@ -68,6 +68,7 @@ type Deps struct {
 	Schemas  SchemaRegistry
 	Twins    Twins
 	Policies PolicyAdmin
+	Groups   Groups
 	Log      *slog.Logger
 	Now      func() time.Time
 }
@@ -98,6 +99,9 @@ func New(d Deps) *API {
 	}
 	if d.Policies != nil {
 		a.policyRoutes()
+	}
+	if d.Groups != nil {
+		a.groupRoutes()
 	}
 	return a
 }

@@ -65,7 +65,7 @@ func (a *app) deviceCmd() *cobra.Command {
 			})
 		},
 	}
-	c.AddCommand(list, show, a.telemetryCmd(&tenantID))
+	c.AddCommand(list, show, a.telemetryCmd(&tenantID), a.claimCmd(&tenantID))
 	for _, st := range []struct{ verb, state, short string }{
 		{"disable", "disabled", "Disable a device: refused at connect and enrollment, live sessions cut"},
 		{"enable", "active", "Enable a disabled or quarantined device"},

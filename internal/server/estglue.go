@@ -36,6 +36,8 @@ var _ est.CA = (*estCA)(nil)
 const maxChainLen = 4
 
 func (e *estCA) tenantOf(ctx context.Context, label string) (string, error) {
+	// "<tenant>" or "<tenant>.<group>": the CA is the tenant's either way.
+	label, _, _ = strings.Cut(label, ".")
 	if err := wire.ValidateTenantID(label); err != nil {
 		return "", est.NotFound("unknown EST label")
 	}
@@ -132,6 +134,9 @@ func (e *estCA) Enroll(ctx context.Context, r *est.Request) ([]*x509.Certificate
 	tid, err := e.tenantOf(ctx, r.Label)
 	if err != nil {
 		return nil, err
+	}
+	if viaGroup(r) {
+		return e.enrollViaGroup(ctx, r)
 	}
 	tok, claimed := token(r.Creds)
 	if tok == "" {
@@ -287,6 +292,9 @@ func (e *estCA) verifyOperational(tid string, chain []*x509.Certificate) (string
 
 func (e *estCA) Reenroll(ctx context.Context, r *est.Request) ([]*x509.Certificate, error) {
 	tid, err := e.tenantOf(ctx, r.Label)
+	if err == nil && strings.Contains(r.Label, ".") {
+		tid, _, _ = strings.Cut(r.Label, ".")
+	}
 	if err != nil {
 		return nil, err
 	}

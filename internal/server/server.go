@@ -26,8 +26,10 @@ import (
 	"github.com/wardiot/ward/internal/monitor"
 	"github.com/wardiot/ward/internal/pki"
 	"github.com/wardiot/ward/internal/pki/pkcs11"
+	"github.com/wardiot/ward/internal/provision"
 	"github.com/wardiot/ward/internal/store"
 	"github.com/wardiot/ward/internal/store/postgres"
+	"github.com/wardiot/ward/internal/store/provisionsql"
 	"github.com/wardiot/ward/internal/store/sqlite"
 	"github.com/wardiot/ward/internal/telemetry"
 	"github.com/wardiot/ward/internal/tenant"
@@ -52,10 +54,13 @@ type Server struct {
 	Fleet   *fleet.Registry
 	Gateway *broker.Broker
 	// Policies picks each identity's topic policy (nil: built-in default).
-	Policies   broker.Policies
-	policies   *policySet
-	serverCert *tls.Certificate
-	mqttLn     net.Listener
+	Policies broker.Policies
+	policies *policySet
+	// Provisioner runs the enrollment groups (zero-touch provisioning).
+	Provisioner *provision.Provisioner
+	provStore   *provisionsql.Store
+	serverCert  *tls.Certificate
+	mqttLn      net.Listener
 
 	Twins         *twin.Service
 	Schemas       *telemetry.Registry
@@ -175,6 +180,9 @@ func (s *Server) open(ctx context.Context) error {
 	if err := s.openGateway(); err != nil {
 		return err
 	}
+	if err := s.openProvisioning(); err != nil {
+		return err
+	}
 	s.EST, err = est.New(&estCA{s: s, renewGrace: s.cfg.RenewGrace}, est.WithObserver(func(ev est.Event) {
 		if ev.Status >= 500 {
 			s.log.Error("est request failed", "op", ev.Op, "label", ev.Label, "remote", ev.RemoteAddr, "status", ev.Status, "err", ev.Err)
@@ -185,7 +193,7 @@ func (s *Server) open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.API = api.New(api.Deps{Store: s.store, Tenants: s.Tenants, Tokens: s.Tokens, PKI: s.PKI, CAKeys: s.caKeys, Monitor: s.Monitor, Fleet: s.Fleet, Schemas: s, Twins: s, Policies: s, Log: s.log, Now: s.now})
+	s.API = api.New(api.Deps{Store: s.store, Tenants: s.Tenants, Tokens: s.Tokens, PKI: s.PKI, CAKeys: s.caKeys, Monitor: s.Monitor, Fleet: s.Fleet, Schemas: s, Twins: s, Policies: s, Groups: s, Log: s.log, Now: s.now})
 	return s.firstStart(ctx)
 }
 
@@ -340,6 +348,7 @@ func (s *Server) Start(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.Handle("/api/v1/", s.API.Handler())
 	mux.Handle(wire.ESTPrefix, s.EST)
+	mux.HandleFunc(wire.ProvisionPrefix, s.serveProvisionChallenge)
 	apiSrv := &http.Server{
 		Handler:           s.accessLog(mux),
 		TLSConfig:         tc,
