@@ -27,6 +27,10 @@ type Floors interface {
 	// LastFloor returns the last reported floor; ok is false if the
 	// device never reported one.
 	LastFloor(ctx context.Context, device string) (floor uint64, ok bool, err error)
+	// SetFloor raises the device's floor to floor; a floor never goes
+	// down, so a lower value than the stored one is ignored. The
+	// comparison and the write are one atomic step, so that concurrent
+	// reports (on several server nodes) keep the highest.
 	SetFloor(ctx context.Context, device string, floor uint64) error
 }
 
@@ -298,6 +302,8 @@ func (f *MemFloors) SetFloor(_ context.Context, device string, floor uint64) err
 	if f.m == nil {
 		f.m = map[string]uint64{}
 	}
-	f.m[device] = floor
+	if old, ok := f.m[device]; !ok || floor > old {
+		f.m[device] = floor
+	}
 	return nil
 }
