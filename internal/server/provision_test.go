@@ -38,7 +38,9 @@ func newMaker(t *testing.T) *maker {
 	return &maker{cert: c, key: k}
 }
 
-func (m *maker) pem() []byte { return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: m.cert.Raw}) }
+func (m *maker) pem() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: m.cert.Raw})
+}
 
 // device makes a manufacturer (bootstrap) certificate for a device.
 func (m *maker) device(t *testing.T, id string, notAfter time.Time) (*x509.Certificate, *ecdsa.PrivateKey) {
