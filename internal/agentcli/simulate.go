@@ -44,6 +44,8 @@ const (
 type simOptions struct {
 	server, caFile, tenant, label string
 	tokenFile, apiToken, prefix   string
+	groupKeyFile                  string
+	groupKey                      []byte
 	state                         string
 	count, workers                int
 	basic                         bool
@@ -63,6 +65,21 @@ create enrollment tokens for the tenant.`,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := required(c, "server", "ca", "tenant"); err != nil {
 				return err
+			}
+			if o.groupKeyFile != "" {
+				if o.tokenFile != "" || o.apiToken != "" {
+					return usageError{errors.New("simulate: --group-key excludes --token-file and --api-token")}
+				}
+				if !strings.Contains(o.label, ".") {
+					return usageError{withHint(errors.New("simulate: --group-key needs --label <tenant>.<group>"),
+						"the symmetric key MAC covers the tenant and the group")}
+				}
+				k, err := readSymmetricKey(o.groupKeyFile)
+				if err != nil {
+					return usageError{err}
+				}
+				o.groupKey = k
+				return a.simulate(c.Context(), o, c.Flags().Changed("count"))
 			}
 			if o.apiToken == "" && o.tokenFile == "" {
 				o.apiToken = os.Getenv("WARD_TOKEN")
@@ -88,6 +105,7 @@ create enrollment tokens for the tenant.`,
 	f.StringVar(&o.apiToken, "api-token", "", "API token that mints enrollment tokens (default $WARD_TOKEN)")
 	f.StringVar(&o.prefix, "device-prefix", "sim-", "device ID prefix with --api-token (IDs are PREFIX00001...)")
 	f.BoolVar(&o.basic, "basic", false, "send tokens with HTTP Basic instead of Bearer")
+	f.StringVar(&o.groupKeyFile, "group-key", "", "symmetric-key group: the group key file; each device's key is derived from it (needs --label <tenant>.<group>)")
 	f.StringVar(&o.state, "state", "", "keep each device's state under DIR/<device> (default: a temporary directory, removed)")
 	return c
 }
@@ -209,6 +227,9 @@ func (a *app) simulateOne(ctx context.Context, o simOptions, bundle []byte, base
 	if o.basic {
 		cred = agent.BasicToken(d.token)
 	}
+	if o.groupKey != nil {
+		cred = agent.Symmetric(wire.DeriveSymmetricDeviceKey(o.groupKey, d.id))
+	}
 	start := time.Now()
 	_, err := agent.Enroll(ctx, agent.Config{
 		Server: o.server, CABundle: bundle, Tenant: o.tenant, Device: d.id, Label: o.label,
@@ -224,7 +245,7 @@ func (a *app) simulateOne(ctx context.Context, o simOptions, bundle []byte, base
 func simDevices(o simOptions, countSet bool) ([]simDevice, error) {
 	if o.tokenFile == "" {
 		if o.count < 1 {
-			return nil, usageError{errors.New("simulate: --count must be at least 1 with --api-token")}
+			return nil, usageError{errors.New("simulate: --count must be at least 1 with --api-token or --group-key")}
 		}
 		ds := make([]simDevice, o.count)
 		for i := range ds {
@@ -397,4 +418,17 @@ func truncate(s string, n int) string {
 		return s[:n] + "..."
 	}
 	return s
+}
+
+// readSymmetricKey reads a symmetric key file (raw, hex or base64).
+func readSymmetricKey(path string) ([]byte, error) {
+	raw, err := readFileLimited(path, maxKeyFileSize, "group key file")
+	if err != nil {
+		return nil, err
+	}
+	k, err := parseSymKey(raw)
+	if err != nil {
+		return nil, fmt.Errorf("group key file %s: %w", path, err)
+	}
+	return k, nil
 }

@@ -175,10 +175,10 @@ func (a *API) createToken(w http.ResponseWriter, r *http.Request, p *tenant.Prin
 	secret, tk, err := a.d.Tokens.Create(r.Context(), p, tenant.NewTokenRequest{
 		Kind: req.Kind, Role: req.Role, Tenant: req.Tenant, Device: req.Device, Name: req.Name, TTL: ttl})
 	if err != nil {
-		if errors.Is(err, tenant.ErrForbidden) || errors.Is(err, tenant.ErrNoTenant) {
-			return err
+		if errors.Is(err, tenant.ErrValidation) {
+			return Invalid(err)
 		}
-		return Invalid(err)
+		return err
 	}
 	WriteJSON(w, http.StatusCreated, CreatedToken{Token: tokenJSON(tk), Secret: secret})
 	return nil

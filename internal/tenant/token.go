@@ -91,6 +91,11 @@ const (
 // deliberately the same for unknown, wrong, expired and revoked tokens.
 var ErrUnauthenticated = errors.New("invalid, expired or revoked token")
 
+// ErrValidation marks request errors whose message is safe to return.
+var ErrValidation = errors.New("invalid request")
+
+func invalid(msg string) error { return fmt.Errorf("%w: %s", ErrValidation, msg) }
+
 // ErrForbidden means the caller may not do what it asked.
 var ErrForbidden = errors.New("forbidden")
 
@@ -125,19 +130,19 @@ func (t *Tokens) Create(ctx context.Context, by *Principal, req NewTokenRequest)
 		req.Kind = store.TokenAPI
 	}
 	if req.TTL < 0 {
-		return "", nil, errors.New("ttl must not be negative")
+		return "", nil, invalid("ttl must not be negative")
 	}
 	if len(req.Name) > 200 {
-		return "", nil, errors.New("token name must be at most 200 characters")
+		return "", nil, invalid("token name must be at most 200 characters")
 	}
 	prefix := apiPrefix
 	switch req.Kind {
 	case store.TokenAPI:
 		if !ValidRole(req.Role) {
-			return "", nil, fmt.Errorf("unknown role %q (want admin, operator, viewer or auditor)", req.Role)
+			return "", nil, invalid(fmt.Sprintf("unknown role %q (want admin, operator, viewer or auditor)", req.Role))
 		}
 		if req.Device != "" {
-			return "", nil, errors.New("only enrollment tokens name a device")
+			return "", nil, invalid("only enrollment tokens name a device")
 		}
 		if by != nil && !by.Allows(PermAdmin, req.Tenant) {
 			return "", nil, fmt.Errorf("%w: only an admin of that scope may create API tokens", ErrForbidden)
@@ -146,23 +151,23 @@ func (t *Tokens) Create(ctx context.Context, by *Principal, req NewTokenRequest)
 		prefix = enrollPrefix
 		req.Role = ""
 		if req.Tenant == "" {
-			return "", nil, errors.New("an enrollment token needs a tenant")
+			return "", nil, invalid("an enrollment token needs a tenant")
 		}
 		if err := wire.ValidateDeviceID(req.Device); err != nil {
-			return "", nil, err
+			return "", nil, fmt.Errorf("%w: %v", ErrValidation, err)
 		}
 		if req.TTL == 0 || req.TTL > maxEnrollTTL {
-			return "", nil, fmt.Errorf("an enrollment token needs a ttl between 1s and %v", maxEnrollTTL)
+			return "", nil, invalid(fmt.Sprintf("an enrollment token needs a ttl between 1s and %v", maxEnrollTTL))
 		}
 		if by != nil && !by.Allows(PermWrite, req.Tenant) {
 			return "", nil, fmt.Errorf("%w: creating enrollment tokens needs write access to the tenant", ErrForbidden)
 		}
 	default:
-		return "", nil, fmt.Errorf("unknown token kind %q", req.Kind)
+		return "", nil, invalid(fmt.Sprintf("unknown token kind %q", req.Kind))
 	}
 	if req.Tenant != "" {
 		if err := wire.ValidateTenantID(req.Tenant); err != nil {
-			return "", nil, err
+			return "", nil, fmt.Errorf("%w: %v", ErrValidation, err)
 		}
 	}
 	var id [idBytes]byte

@@ -30,6 +30,12 @@ var Dialect = sqlstore.Dialect{
 		var e *pgconn.PgError
 		return errors.As(err, &e) && e.Code == "23505"
 	},
+	// Serialization failures and deadlocks: the transaction was rolled
+	// back and may run again.
+	IsRetryable: func(err error) bool {
+		var e *pgconn.PgError
+		return errors.As(err, &e) && (e.Code == "40001" || e.Code == "40P01")
+	},
 }
 
 // Open connects to dsn (a postgres:// URL) and applies pending migrations,

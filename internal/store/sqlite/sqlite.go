@@ -36,6 +36,20 @@ var Dialect = sqlstore.Dialect{
 		}
 		return false
 	},
+	// SQLite answers BUSY without waiting for busy_timeout when waiting
+	// could deadlock (a connection upgrading its read snapshot to write);
+	// seen under load as "begin transaction: database is locked". The
+	// transaction is rolled back, so running it again is safe.
+	IsRetryable: func(err error) bool {
+		var e *sqlite.Error
+		if errors.As(err, &e) {
+			switch e.Code() & 0xff {
+			case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED:
+				return true
+			}
+		}
+		return false
+	},
 }
 
 // maxConns bounds the pool: readers run in parallel under WAL, writers

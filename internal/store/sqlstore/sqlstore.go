@@ -5,6 +5,7 @@ package sqlstore
 
 import (
 	"context"
+	"math/rand/v2"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -27,6 +28,10 @@ type Dialect struct {
 	ForUpdate string
 	// IsUnique reports whether err is a unique-constraint violation.
 	IsUnique func(error) bool
+	// IsRetryable reports whether a transaction failed only because of
+	// contention (SQLite busy, PostgreSQL serialization failure or
+	// deadlock) and may simply be run again.
+	IsRetryable func(error) bool
 }
 
 // DB is a store.Store over a *sql.DB.
@@ -79,8 +84,30 @@ func (s *DB) Close() error {
 	return s.db.Close()
 }
 
-// InTx implements store.Store.
+// maxTxAttempts bounds retries of a transaction that lost to contention.
+const maxTxAttempts = 8
+
+// InTx implements store.Store. A transaction that fails only because of
+// contention is run again (fn must therefore have no effects outside the
+// transaction that a second run would duplicate).
 func (s *DB) InTx(ctx context.Context, fn func(store.Tx) error) error {
+	for attempt := 1; ; attempt++ {
+		err := s.inTx(ctx, fn)
+		if err == nil || s.d.IsRetryable == nil || !s.d.IsRetryable(err) || attempt == maxTxAttempts {
+			return err
+		}
+		// Jittered, growing pause: 1-2 ms, 2-4 ms, ... up to ~128 ms.
+		d := time.Duration(1<<attempt) * time.Millisecond / 2
+		d += time.Duration(rand.Int64N(int64(d) + 1))
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(d):
+		}
+	}
+}
+
+func (s *DB) inTx(ctx context.Context, fn func(store.Tx) error) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin transaction: %w", err)
