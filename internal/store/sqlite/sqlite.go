@@ -28,7 +28,8 @@ var Dialect = sqlstore.Dialect{
 	Name: "sqlite",
 	// Write transactions start with BEGIN IMMEDIATE (see Open), so a
 	// transaction that read the audit head already excludes other writers.
-	ForUpdate: "",
+	ForUpdate:    "",
+	SerialWrites: true,
 	IsUnique: func(err error) bool {
 		var e *sqlite.Error
 		if errors.As(err, &e) {

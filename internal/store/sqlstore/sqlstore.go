@@ -5,10 +5,10 @@ package sqlstore
 
 import (
 	"context"
-	"math/rand/v2"
 	"database/sql"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +28,12 @@ type Dialect struct {
 	ForUpdate string
 	// IsUnique reports whether err is a unique-constraint violation.
 	IsUnique func(error) bool
+	// SerialWrites makes the store run one write transaction at a time in
+	// this process. SQLite allows one writer anyway; queueing writers on a
+	// mutex instead of in SQLite's busy handler (which polls with growing
+	// sleeps and holds a pooled connection while it waits) keeps latency
+	// low and never starves readers of connections.
+	SerialWrites bool
 	// IsRetryable reports whether a transaction failed only because of
 	// contention (SQLite busy, PostgreSQL serialization failure or
 	// deadlock) and may simply be run again.
@@ -37,7 +43,8 @@ type Dialect struct {
 // DB is a store.Store over a *sql.DB.
 type DB struct {
 	q
-	db *sql.DB
+	db      *sql.DB
+	writeMu sync.Mutex
 	// Scrub, if set, removes residues of deleted rows from the engine's
 	// files (see store.Scrubber).
 	Scrub func(ctx context.Context) error
@@ -91,6 +98,10 @@ const maxTxAttempts = 8
 // contention is run again (fn must therefore have no effects outside the
 // transaction that a second run would duplicate).
 func (s *DB) InTx(ctx context.Context, fn func(store.Tx) error) error {
+	if s.d.SerialWrites {
+		s.writeMu.Lock()
+		defer s.writeMu.Unlock()
+	}
 	for attempt := 1; ; attempt++ {
 		err := s.inTx(ctx, fn)
 		if err == nil || s.d.IsRetryable == nil || !s.d.IsRetryable(err) || attempt == maxTxAttempts {
@@ -174,14 +185,25 @@ func (q q) stmt(ctx context.Context, query string) *sql.Stmt {
 	if q.c == nil {
 		return nil
 	}
-	st := q.c.get(ctx, query)
-	if st == nil {
-		return nil
-	}
 	if q.tx != nil {
+		// Inside a transaction, never prepare through the pool: that needs
+		// a second connection while this one holds the write lock, and
+		// with every pooled connection waiting for that lock it deadlocks.
+		// A statement already cached is re-bound to the transaction's own
+		// connection.
+		st := q.c.lookup(query)
+		if st == nil {
+			return nil
+		}
 		return q.tx.StmtContext(ctx, st)
 	}
-	return st
+	return q.c.get(ctx, query)
+}
+
+func (c *stmtCache) lookup(query string) *sql.Stmt {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[query]
 }
 
 type txq struct{ q }
