@@ -8,6 +8,16 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/pem"
+	"math/big"
+	"net"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,6 +32,7 @@ import (
 	"github.com/wardiot/ward/agent/keystore"
 	"github.com/wardiot/ward/internal/api"
 	"github.com/wardiot/ward/internal/client"
+	"github.com/wardiot/ward/internal/provision"
 	"github.com/wardiot/ward/internal/config"
 	"github.com/wardiot/ward/internal/server"
 )
@@ -144,6 +155,9 @@ func Run(ctx context.Context, out io.Writer, o Options) (err error) {
 	defer r.ks.Close()
 	defer r.agent.Close()
 	if err := r.gateway(ctx, srv, admin); err != nil {
+		return err
+	}
+	if err := r.provisioning(ctx, srv, admin, dir, caPEM); err != nil {
 		return err
 	}
 
@@ -370,6 +384,123 @@ func (r *run) gateway(ctx context.Context, srv *server.Server, admin *client.Cli
 		return errors.New("the revoked certificate reconnected")
 	}
 	r.proved("reconnecting with the revoked certificate → refused at the TLS handshake")
+	return nil
+}
+
+// provisioning shows zero-touch provisioning through two enrollment
+// groups: devices with a manufacturer certificate, and devices with a key
+// derived from a group key on the factory line.
+func (r *run) provisioning(ctx context.Context, srv *server.Server, admin *client.Client, dir string, caPEM []byte) error {
+	r.say("Zero-touch provisioning: an x509 group trusting the maker's CA")
+	mfrKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	now := time.Now()
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Demo Maker CA"}, NotBefore: now.Add(-time.Hour),
+		NotAfter: now.Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, _ := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, mfrKey.Public(), mfrKey)
+	mfrCA, _ := x509.ParseCertificate(caDER)
+	var g api.Group
+	if err := admin.Do(ctx, "POST", "/api/v1/tenants/acme/groups", api.CreateGroupRequest{Name: "factory", Mechanism: "x509",
+		X509CAPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})), IDFrom: "cn",
+		Template: provision.Template{Tags: map[string]string{"line": "berlin-2"}, Twin: json.RawMessage(`{"interval":60}`)}}, &g); err != nil {
+		return err
+	}
+	devKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	devTmpl := &x509.Certificate{SerialNumber: big.NewInt(42), Subject: pkix.Name{CommonName: "meter-0042"}, NotBefore: now.Add(-time.Hour),
+		NotAfter: now.Add(24 * time.Hour), KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	devDER, _ := x509.CreateCertificate(rand.Reader, devTmpl, mfrCA, devKey.Public(), mfrKey)
+	devCert, _ := x509.ParseCertificate(devDER)
+	enroll := func(name, label, device string, cred agent.Credential) (*agent.Identity, error) {
+		ks, err := keystore.Open("file:" + filepath.Join(dir, name, "keys"))
+		if err != nil {
+			return nil, err
+		}
+		defer ks.Close()
+		return agent.Enroll(ctx, agent.Config{Server: "https://" + srv.APIAddr(), CABundle: caPEM, Tenant: "acme", Label: label,
+			Device: device, Keystore: ks, StateDir: filepath.Join(dir, name, "state")}, cred)
+	}
+	id, err := enroll("meter", g.Label, "meter-0042", agent.X509([]*x509.Certificate{devCert}, devKey))
+	if err != nil {
+		return fmt.Errorf("x509 provisioning: %w", err)
+	}
+	var dev api.Device
+	if err := admin.Do(ctx, "GET", "/api/v1/tenants/acme/devices/meter-0042", nil, &dev); err != nil {
+		return err
+	}
+	var tw api.Twin
+	if err := admin.Do(ctx, "GET", "/api/v1/tenants/acme/devices/meter-0042/twin", nil, &tw); err != nil {
+		return err
+	}
+	var twinDoc bytes.Buffer
+	_ = json.Compact(&twinDoc, tw.Desired.Doc)
+	if dev.Group != "factory" || dev.Tags["line"] != "berlin-2" || twinDoc.String() != `{"interval":60}` {
+		return fmt.Errorf("the group template was not applied: %+v %s", dev, twinDoc.String())
+	}
+	r.proved("meter-0042 authenticated with its maker certificate on EST label %s; registered just in time (group %s, tags %v, twin defaults %s) and issued %s by acme's CA",
+		g.Label, dev.Group, dev.Tags, twinDoc.String(), id.Certificate.SerialNumber.Text(16))
+	_, err = enroll("meter-clone", g.Label, "meter-0042", agent.X509([]*x509.Certificate{devCert}, devKey))
+	var se *agent.ServerError
+	if !errors.As(err, &se) || se.Status != 403 {
+		return fmt.Errorf("a second onboarding was not refused: %v", err)
+	}
+	srv.Monitor.Flush(ctx)
+	var evs []api.SecurityEvent
+	if err := admin.Do(ctx, "GET", "/api/v1/tenants/acme/events?type=provision.second_onboarding", nil, &evs); err != nil {
+		return err
+	}
+	if len(evs) != 1 || evs[0].Device != "meter-0042" {
+		return fmt.Errorf("no second-onboarding event: %+v", evs)
+	}
+	r.proved("the same maker certificate onboarding again (a clone) → %d, and a %s security event (severity %s)", se.Status, evs[0].Type, evs[0].Severity)
+	if err := mqttRefused(ctx, srv, caPEM, devCert, devKey); err != nil {
+		return err
+	}
+	r.proved("the maker certificate cannot open an MQTT session: bootstrap credentials only enroll")
+
+	r.say("Zero-touch provisioning: a symmetric-key group (device key = HMAC-SHA256(group key, device ID))")
+	var sg api.Group
+	if err := admin.Do(ctx, "POST", "/api/v1/tenants/acme/groups", api.CreateGroupRequest{Name: "sensors", Mechanism: "symmetric"}, &sg); err != nil {
+		return err
+	}
+	var dk api.SecretResponse
+	if err := admin.Do(ctx, "POST", "/api/v1/tenants/acme/groups/sensors/device-keys", api.DeviceRequest{Device: "th-7"}, &dk); err != nil {
+		return err
+	}
+	key, err := base64.StdEncoding.DecodeString(dk.Secret)
+	if err != nil {
+		return err
+	}
+	if _, err := enroll("th-7", sg.Label, "th-7", agent.Symmetric(key)); err != nil {
+		return fmt.Errorf("symmetric provisioning: %w", err)
+	}
+	r.proved("th-7 proved its derived key with a short-lived, single-use MAC'd token; the server keeps the group key sealed by acme's data key")
+	wrong := append([]byte(nil), key...)
+	wrong[0] ^= 1
+	if _, err := enroll("th-8", sg.Label, "th-8", agent.Symmetric(wrong)); err == nil {
+		return errors.New("a wrong symmetric key enrolled")
+	}
+	var certs []api.Cert
+	if err := admin.Do(ctx, "GET", "/api/v1/tenants/acme/certs?device=th-8", nil, &certs); err != nil || len(certs) != 0 {
+		return fmt.Errorf("a refused device got a certificate: %v %v", certs, err)
+	}
+	r.proved("a device with a wrong key → refused, no certificate")
+	return nil
+}
+
+// mqttRefused checks that a certificate cannot complete a TLS session with
+// the gateway.
+func mqttRefused(ctx context.Context, srv *server.Server, caPEM []byte, cert *x509.Certificate, key crypto.Signer) error {
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	conn, err := tls.Dial("tcp", srv.MQTTAddr(), &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{{Certificate: [][]byte{cert.Raw}, PrivateKey: key}}})
+	if err == nil {
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		_, err = conn.Read(make([]byte, 1))
+		conn.Close()
+	}
+	var ne net.Error
+	if err == nil || errors.As(err, &ne) && ne.Timeout() {
+		return errors.New("a manufacturer certificate opened an MQTT session")
+	}
 	return nil
 }
 
