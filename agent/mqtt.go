@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/binary"
@@ -210,4 +211,13 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 		return err
 	}
 	return syncDir(dir)
+}
+
+// Signer returns the device's current key, for protocols that authenticate
+// the device with a signature (the OAuth private_key_jwt client assertion
+// of agent/httpauth, say). After a renewal it returns the new key.
+func (a *Agent) Signer() crypto.Signer {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.key
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/wardiot/ward/internal/audit"
 	"github.com/wardiot/ward/internal/broker"
 	"github.com/wardiot/ward/internal/config"
+	"github.com/wardiot/ward/internal/deviceauth"
 	"github.com/wardiot/ward/internal/est"
 	"github.com/wardiot/ward/internal/fleet"
 	"github.com/wardiot/ward/internal/monitor"
@@ -28,6 +29,7 @@ import (
 	"github.com/wardiot/ward/internal/pki/pkcs11"
 	"github.com/wardiot/ward/internal/provision"
 	"github.com/wardiot/ward/internal/store"
+	"github.com/wardiot/ward/internal/store/deviceauthsql"
 	"github.com/wardiot/ward/internal/store/postgres"
 	"github.com/wardiot/ward/internal/store/provisionsql"
 	"github.com/wardiot/ward/internal/store/sqlite"
@@ -59,8 +61,11 @@ type Server struct {
 	// Provisioner runs the enrollment groups (zero-touch provisioning).
 	Provisioner *provision.Provisioner
 	provStore   *provisionsql.Store
-	serverCert  *tls.Certificate
-	mqttLn      net.Listener
+	// DeviceAuth serves OAuth tokens and HTTPS telemetry to devices.
+	DeviceAuth   *deviceauth.Server
+	deviceTokens *deviceauthsql.Store
+	serverCert   *tls.Certificate
+	mqttLn       net.Listener
 
 	Twins         *twin.Service
 	Schemas       *telemetry.Registry
@@ -181,6 +186,9 @@ func (s *Server) open(ctx context.Context) error {
 		return err
 	}
 	if err := s.openProvisioning(); err != nil {
+		return err
+	}
+	if err := s.openDeviceAuth(); err != nil {
 		return err
 	}
 	s.EST, err = est.New(&estCA{s: s, renewGrace: s.cfg.RenewGrace}, est.WithObserver(func(ev est.Event) {
@@ -344,11 +352,15 @@ func (s *Server) Start(ctx context.Context) error {
 	runCtx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	go s.PKI.Run(runCtx)
+	go s.pruneLoop(runCtx)
 
 	mux := http.NewServeMux()
 	mux.Handle("/api/v1/", s.API.Handler())
 	mux.Handle(wire.ESTPrefix, s.EST)
 	mux.HandleFunc(wire.ProvisionPrefix, s.serveProvisionChallenge)
+	// Device-token routes: /oauth/token and /api/device/v1/telemetry/{stream},
+	// authenticated by the device's key (private_key_jwt) and its tokens.
+	s.DeviceAuth.Register(mux)
 	apiSrv := &http.Server{
 		Handler:           s.accessLog(mux),
 		TLSConfig:         tc,
