@@ -51,11 +51,28 @@ type Config struct {
 	// RenewGrace lets a device whose certificate expired re-enroll with it
 	// for this long after notAfter (0, the default: never).
 	RenewGrace time.Duration `yaml:"renew_grace"`
+	// DeviceRate and TenantRate limit what one device, and all devices of
+	// a tenant together, may send through the gateway (zero fields: the
+	// gateway's defaults).
+	DeviceRate Rate `yaml:"device_rate"`
+	TenantRate Rate `yaml:"tenant_rate"`
+	// CloneAction is what a cloned certificate (two live sessions with one
+	// certificate) triggers: "refuse-newcomer" (default) or "cut-both";
+	// CloneActionTenants overrides it per tenant.
+	CloneAction        string            `yaml:"clone_action"`
+	CloneActionTenants map[string]string `yaml:"clone_action_tenants"`
 	// NATS is an optional nats:// URL for JetStream (several nodes).
 	NATS string `yaml:"nats"`
 	// LogLevel is debug, info, warn or error; LogFormat is text or json.
 	LogLevel  string `yaml:"log_level"`
 	LogFormat string `yaml:"log_format"`
+}
+
+// Rate is a set of gateway rate limits.
+type Rate struct {
+	MessagesPerSecond float64 `yaml:"messages_per_second"`
+	BytesPerSecond    float64 `yaml:"bytes_per_second"`
+	ConnectsPerMinute float64 `yaml:"connects_per_minute"`
 }
 
 // Default returns the defaults: loopback listeners, SQLite, info logs.
@@ -173,6 +190,20 @@ func (c *Config) Validate() error {
 	}
 	if c.RenewGrace < 0 || c.RenewGrace > 90*24*time.Hour {
 		add("renew_grace", "must be between 0 and 2160h", "for example 168h, or 0 to refuse expired certificates")
+	}
+	for name, r := range map[string]Rate{"device_rate": c.DeviceRate, "tenant_rate": c.TenantRate} {
+		if r.MessagesPerSecond < 0 || r.BytesPerSecond < 0 || r.ConnectsPerMinute < 0 {
+			add(name, "rates must not be negative", "use 0 for the default")
+		}
+	}
+	validClone := func(v string) bool { return v == "" || v == "refuse-newcomer" || v == "cut-both" }
+	if !validClone(c.CloneAction) {
+		add("clone_action", fmt.Sprintf("unknown action %q", c.CloneAction), "use refuse-newcomer or cut-both")
+	}
+	for t, v := range c.CloneActionTenants {
+		if !validClone(v) {
+			add("clone_action_tenants", fmt.Sprintf("tenant %s: unknown action %q", t, v), "use refuse-newcomer or cut-both")
+		}
 	}
 	switch c.CAAlgorithm {
 	case "ecdsa-p256", "ecdsa-p384", "rsa-3072", "ed25519":

@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/wardiot/ward/internal/broker"
+	"github.com/wardiot/ward/internal/config"
 	"github.com/wardiot/ward/internal/monitor"
 	"github.com/wardiot/ward/internal/pki"
 	"github.com/wardiot/ward/internal/store"
@@ -130,9 +131,24 @@ func (r *ingestRouter) Deliver(ctx context.Context, id broker.Identity, topic st
 // live sessions.
 func (s *Server) openGateway() error {
 	router := &ingestRouter{s: s, handlers: s.ingestHandlers()}
+	rate := func(r config.Rate) broker.Limits {
+		return broker.Limits{MessagesPerSecond: r.MessagesPerSecond, BytesPerSecond: r.BytesPerSecond, ConnectsPerMinute: r.ConnectsPerMinute}
+	}
 	b, err := broker.New(broker.Config{
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.serverCert, nil },
 		Clock:          s.now,
+		DeviceLimits:   rate(s.cfg.DeviceRate),
+		TenantLimits:   rate(s.cfg.TenantRate),
+		SharedCert: func(tenant string) broker.SharedCertAction {
+			a := s.cfg.CloneAction
+			if v, ok := s.cfg.CloneActionTenants[tenant]; ok {
+				a = v
+			}
+			if a == "cut-both" {
+				return broker.CutBoth
+			}
+			return broker.RefuseNewcomer
+		},
 	}, broker.Deps{
 		Trust:    &gatewayTrust{pki: s.PKI},
 		Gate:     gatewayGate{s: s},
