@@ -197,6 +197,7 @@ type Agent struct {
 	failures int       // consecutive failed attempts
 	lastErr  error
 
+	macSt   macState  // telemetry MAC secret and epoch
 	seqOnce sync.Once // telemetry sequence numbers
 	seq     *sequencer
 	seqErr  error

@@ -69,6 +69,7 @@ type Deps struct {
 	Twins    Twins
 	Policies PolicyAdmin
 	Groups   Groups
+	MAC      MACAdmin
 	Log      *slog.Logger
 	Now      func() time.Time
 }
@@ -102,6 +103,9 @@ func New(d Deps) *API {
 	}
 	if d.Groups != nil {
 		a.groupRoutes()
+	}
+	if d.MAC != nil {
+		a.macRoutes()
 	}
 	return a
 }

@@ -1,9 +1,11 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/wardiot/ward/internal/fleet"
@@ -110,5 +112,44 @@ func (a *API) setDeviceState(w http.ResponseWriter, r *http.Request, p *tenant.P
 		return err
 	}
 	WriteJSON(w, http.StatusOK, deviceJSON(d))
+	return nil
+}
+
+// MACAdmin rotates device telemetry MAC secrets and epochs.
+type MACAdmin interface {
+	RotateMACSecret(ctx context.Context, actor, tenant, device string) (uint64, error)
+	AdvanceMACEpoch(ctx context.Context, actor, tenant, device string) (uint64, error)
+}
+
+func (a *API) macRoutes() {
+	a.Handle("POST /api/v1/tenants/{tenant}/devices/{device}/mac-secret", tenant.PermWrite, ScopeTenant, "Give a device a new telemetry MAC secret (and epoch)", a.rotateMAC)
+	a.Handle("POST /api/v1/tenants/{tenant}/devices/{device}/mac-epoch", tenant.PermWrite, ScopeTenant, "Start the next telemetry MAC epoch", a.advanceMAC)
+}
+
+// MACEpoch is the response of the MAC routes (the secret itself goes only
+// to the device, over its mutually authenticated session).
+type MACEpoch struct {
+	Device string `json:"device"`
+	Epoch  uint64 `json:"epoch"`
+}
+
+func (a *API) rotateMAC(w http.ResponseWriter, r *http.Request, p *tenant.Principal) error {
+	n, err := a.d.MAC.RotateMACSecret(r.Context(), p.Actor(), r.PathValue("tenant"), r.PathValue("device"))
+	if err != nil {
+		return err
+	}
+	WriteJSON(w, http.StatusOK, MACEpoch{Device: r.PathValue("device"), Epoch: n})
+	return nil
+}
+
+func (a *API) advanceMAC(w http.ResponseWriter, r *http.Request, p *tenant.Principal) error {
+	n, err := a.d.MAC.AdvanceMACEpoch(r.Context(), p.Actor(), r.PathValue("tenant"), r.PathValue("device"))
+	if err != nil {
+		if strings.Contains(err.Error(), "no MAC secret") {
+			return &Error{Status: http.StatusConflict, Title: "No secret", Detail: err.Error()}
+		}
+		return err
+	}
+	WriteJSON(w, http.StatusOK, MACEpoch{Device: r.PathValue("device"), Epoch: n})
 	return nil
 }

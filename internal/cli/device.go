@@ -66,6 +66,29 @@ func (a *app) deviceCmd() *cobra.Command {
 		},
 	}
 	c.AddCommand(list, show, a.telemetryCmd(&tenantID), a.claimCmd(&tenantID))
+	for _, m := range []struct{ use, path, short string }{
+		{"rotate-mac-secret DEVICE", "mac-secret", "Give the device a new telemetry MAC secret (sent only over its mTLS session)"},
+		{"next-mac-epoch DEVICE", "mac-epoch", "Start the next MAC epoch (the previous stays valid for a grace period)"},
+	} {
+		c.AddCommand(&cobra.Command{
+			Use: m.use, Short: m.short, Args: cobra.ExactArgs(1),
+			RunE: func(c *cobra.Command, args []string) error {
+				if err := requireTenant(tenantID); err != nil {
+					return err
+				}
+				cl, err := a.client()
+				if err != nil {
+					return err
+				}
+				var res api.MACEpoch
+				if err := cl.Do(c.Context(), "POST", tenantPath(tenantID)+"/devices/"+url.PathEscape(args[0])+"/"+m.path, struct{}{}, &res); err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stdout, "device %s: MAC epoch %d\n", res.Device, res.Epoch)
+				return nil
+			},
+		})
+	}
 	for _, st := range []struct{ verb, state, short string }{
 		{"disable", "disabled", "Disable a device: refused at connect and enrollment, live sessions cut"},
 		{"enable", "active", "Enable a disabled or quarantined device"},

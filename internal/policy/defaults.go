@@ -13,6 +13,7 @@ func Default() *Policy {
 			own(wire.TopicTelemetry + "/#"),
 			own(wire.TopicTwinReported),
 			own(wire.TopicTwinGet),
+			own(wire.TopicMACGet),
 			own(wire.TopicAttestReply),
 			own(wire.TopicOTAStatus),
 		}},

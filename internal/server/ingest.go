@@ -14,6 +14,7 @@ func (s *Server) ingestHandlers() map[string]func(ctx context.Context, id broker
 		wire.TopicTelemetry:    s.ingestTelemetry,
 		wire.TopicTwinReported: s.ingestTwinReported,
 		wire.TopicTwinGet:      s.ingestTwinGet,
+		wire.TopicMACGet:       s.ingestMACGet,
 	}
 	return h
 }

@@ -71,6 +71,7 @@ type Server struct {
 	Schemas       *telemetry.Registry
 	Verifier      *telemetry.Verifier
 	telemetryKeys *telemetryKeys
+	mac           macCache
 	window        *windowSink
 	sinks         telemetry.Sink
 	nats          *nats.Conn
@@ -105,7 +106,7 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Opti
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)
 	}
-	s := &Server{cfg: cfg, log: log, now: time.Now}
+	s := &Server{cfg: cfg, log: log, now: time.Now, mac: macCache{m: map[string]*telemetry.EpochKeys{}}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -201,7 +202,7 @@ func (s *Server) open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.API = api.New(api.Deps{Store: s.store, Tenants: s.Tenants, Tokens: s.Tokens, PKI: s.PKI, CAKeys: s.caKeys, Monitor: s.Monitor, Fleet: s.Fleet, Schemas: s, Twins: s, Policies: s, Groups: s, Log: s.log, Now: s.now})
+	s.API = api.New(api.Deps{Store: s.store, Tenants: s.Tenants, Tokens: s.Tokens, PKI: s.PKI, CAKeys: s.caKeys, Monitor: s.Monitor, Fleet: s.Fleet, Schemas: s, Twins: s, Policies: s, Groups: s, MAC: s, Log: s.log, Now: s.now})
 	return s.firstStart(ctx)
 }
 

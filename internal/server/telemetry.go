@@ -82,10 +82,10 @@ func (k *telemetryKeys) SigningKeys(ctx context.Context, tenant, device string) 
 	return keys, nil
 }
 
-// EpochKeys: per-device MAC secrets are not provisioned yet, so no device
-// has epoch keys and COSE_Mac0 telemetry is refused as unknown_key.
+// EpochKeys returns the device's MAC epoch keys (nil if it has no
+// secret: COSE_Mac0 telemetry is then refused as unknown_key).
 func (k *telemetryKeys) EpochKeys(ctx context.Context, tenant, device string) (*telemetry.EpochKeys, error) {
-	return nil, nil
+	return k.s.epochKeys(ctx, tenant, device)
 }
 
 // openTelemetry builds the verifier, the schema registry (from the store)

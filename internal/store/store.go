@@ -87,6 +87,7 @@ type Reader interface {
 	TelemetryReader
 	TwinReader
 	PolicyReader
+	SecretReader
 	GetTenant(ctx context.Context, id string) (*Tenant, error)
 	ListTenants(ctx context.Context) ([]*Tenant, error)
 
@@ -114,6 +115,7 @@ type Tx interface {
 	TelemetryWriter
 	TwinWriter
 	PolicyWriter
+	SecretWriter
 
 	// CreateTenant fails with ErrConflict if the ID exists.
 	CreateTenant(ctx context.Context, t *Tenant) error
@@ -393,4 +395,25 @@ type PolicyWriter interface {
 	DeletePolicy(ctx context.Context, tenant, name string) error
 	// AssignPolicy creates or replaces an assignment; Policy "" removes it.
 	AssignPolicy(ctx context.Context, a *PolicyAssignment) error
+}
+
+// DeviceSecret is a device's telemetry MAC secret, sealed.
+type DeviceSecret struct {
+	Tenant, Device string
+	Sealed         []byte // current secret
+	PrevSealed     []byte // secret of Epoch-1 if it differs; nil otherwise
+	Epoch          uint64
+	Since          time.Time
+}
+
+// SecretReader reads device MAC secrets.
+type SecretReader interface {
+	// GetDeviceSecret returns ErrNotFound if the device has none.
+	GetDeviceSecret(ctx context.Context, tenant, device string) (*DeviceSecret, error)
+}
+
+// SecretWriter writes device MAC secrets.
+type SecretWriter interface {
+	// PutDeviceSecret creates or replaces a device's secret record.
+	PutDeviceSecret(ctx context.Context, s *DeviceSecret) error
 }

@@ -55,7 +55,7 @@ func (t *txq) CreateTenant(ctx context.Context, tn *store.Tenant) error {
 }
 
 func (t *txq) DeleteTenant(ctx context.Context, id string) error {
-	for _, table := range []string{"tokens", "certs", "cas", "events", "devices", "schemas", "telemetry", "twins", "policies", "policy_assignments"} {
+	for _, table := range []string{"tokens", "certs", "cas", "events", "devices", "schemas", "telemetry", "twins", "policies", "policy_assignments", "device_secrets"} {
 		if _, err := t.exec(ctx, `DELETE FROM `+table+` WHERE tenant_id = ?`, id); err != nil {
 			return err
 		}
