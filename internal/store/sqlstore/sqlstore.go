@@ -123,7 +123,7 @@ func (s *DB) inTx(ctx context.Context, fn func(store.Tx) error) error {
 	if err != nil {
 		return fmt.Errorf("begin transaction: %w", err)
 	}
-	t := &txq{q: q{x: tx, d: s.d, c: s.c, tx: tx}}
+	t := &txq{q: q{x: tx, d: s.d, c: s.c, tx: tx, local: map[string]*sql.Stmt{}}}
 	if err := fn(t); err != nil {
 		_ = tx.Rollback()
 		return err
@@ -146,6 +146,9 @@ type q struct {
 	d  *Dialect
 	c  *stmtCache
 	tx *sql.Tx // nil outside a transaction
+	// local holds statements prepared on the transaction's own connection
+	// for queries not in the shared cache yet (closed with the tx).
+	local map[string]*sql.Stmt
 }
 
 // stmtCache keeps prepared statements so that hot queries are parsed once
@@ -191,11 +194,20 @@ func (q q) stmt(ctx context.Context, query string) *sql.Stmt {
 		// with every pooled connection waiting for that lock it deadlocks.
 		// A statement already cached is re-bound to the transaction's own
 		// connection.
-		st := q.c.lookup(query)
-		if st == nil {
+		if st := q.c.lookup(query); st != nil {
+			return q.tx.StmtContext(ctx, st)
+		}
+		if st, ok := q.local[query]; ok {
+			return st
+		}
+		// Prepared on the transaction's connection: no second connection
+		// needed, and a batch of inserts parses its statement once.
+		st, err := q.tx.PrepareContext(ctx, query)
+		if err != nil {
 			return nil
 		}
-		return q.tx.StmtContext(ctx, st)
+		q.local[query] = st
+		return st
 	}
 	return q.c.get(ctx, query)
 }
