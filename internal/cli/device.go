@@ -19,10 +19,7 @@ func (a *app) deviceCmd() *cobra.Command {
 	list := &cobra.Command{
 		Use: "list", Short: "List devices", Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := requireTenant(tenantID); err != nil {
-				return err
-			}
-			cl, err := a.client()
+			cl, err := a.tenantClient(tenantID)
 			if err != nil {
 				return err
 			}
@@ -46,10 +43,7 @@ func (a *app) deviceCmd() *cobra.Command {
 	show := &cobra.Command{
 		Use: "show DEVICE", Short: "Show a device and its certificates", Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			if err := requireTenant(tenantID); err != nil {
-				return err
-			}
-			cl, err := a.client()
+			cl, err := a.tenantClient(tenantID)
 			if err != nil {
 				return err
 			}
@@ -73,10 +67,7 @@ func (a *app) deviceCmd() *cobra.Command {
 		c.AddCommand(&cobra.Command{
 			Use: m.use, Short: m.short, Args: cobra.ExactArgs(1),
 			RunE: func(c *cobra.Command, args []string) error {
-				if err := requireTenant(tenantID); err != nil {
-					return err
-				}
-				cl, err := a.client()
+				cl, err := a.tenantClient(tenantID)
 				if err != nil {
 					return err
 				}
@@ -99,10 +90,7 @@ func (a *app) deviceCmd() *cobra.Command {
 		cmd := &cobra.Command{
 			Use: st.verb + " DEVICE", Short: st.short, Args: cobra.ExactArgs(1),
 			RunE: func(c *cobra.Command, args []string) error {
-				if err := requireTenant(tenantID); err != nil {
-					return err
-				}
-				cl, err := a.client()
+				cl, err := a.tenantClient(tenantID)
 				if err != nil {
 					return err
 				}

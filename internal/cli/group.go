@@ -77,10 +77,7 @@ func (a *app) groupCmd() *cobra.Command {
 	list := &cobra.Command{
 		Use: "list", Short: "List groups", Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := requireTenant(tenantID); err != nil {
-				return err
-			}
-			cl, err := a.client()
+			cl, err := a.tenantClient(tenantID)
 			if err != nil {
 				return err
 			}
@@ -99,10 +96,7 @@ func (a *app) groupCmd() *cobra.Command {
 	show := &cobra.Command{
 		Use: "show NAME", Short: "Show a group", Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			if err := requireTenant(tenantID); err != nil {
-				return err
-			}
-			cl, err := a.client()
+			cl, err := a.tenantClient(tenantID)
 			if err != nil {
 				return err
 			}
@@ -118,10 +112,7 @@ func (a *app) groupCmd() *cobra.Command {
 	del := &cobra.Command{
 		Use: "delete NAME", Short: "Delete a group", Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			if err := requireTenant(tenantID); err != nil {
-				return err
-			}
-			cl, err := a.client()
+			cl, err := a.tenantClient(tenantID)
 			if err != nil {
 				return err
 			}
@@ -168,10 +159,7 @@ func (a *app) claimCmd(tenant *string) *cobra.Command {
 	return &cobra.Command{
 		Use: "claim CODE", Short: "Claim a device made for no tenant yet with the code on its label", Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			if err := requireTenant(*tenant); err != nil {
-				return err
-			}
-			cl, err := a.client()
+			cl, err := a.tenantClient(*tenant)
 			if err != nil {
 				return err
 			}

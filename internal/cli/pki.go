@@ -11,9 +11,18 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/wardiot/ward/internal/api"
+	"github.com/wardiot/ward/internal/client"
 )
 
 func tenantPath(t string) string { return "/api/v1/tenants/" + url.PathEscape(t) }
+
+// tenantClient checks that a tenant was named and returns an API client.
+func (a *app) tenantClient(tenant string) (*client.Client, error) {
+	if err := requireTenant(tenant); err != nil {
+		return nil, err
+	}
+	return a.client()
+}
 
 func requireTenant(t string) error {
 	if t == "" {
@@ -47,10 +56,7 @@ func (a *app) caCmd() *cobra.Command {
 	chain := &cobra.Command{
 		Use: "chain", Short: "Print the CA chain (issuing CA, then root) as PEM", Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := requireTenant(tenantID); err != nil {
-				return err
-			}
-			cl, err := a.client()
+			cl, err := a.tenantClient(tenantID)
 			if err != nil {
 				return err
 			}
@@ -189,10 +195,7 @@ func (a *app) certCmd() *cobra.Command {
 	list := &cobra.Command{
 		Use: "list", Short: "List certificates", Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := requireTenant(tenantID); err != nil {
-				return err
-			}
-			cl, err := a.client()
+			cl, err := a.tenantClient(tenantID)
 			if err != nil {
 				return err
 			}
@@ -224,10 +227,7 @@ func (a *app) certCmd() *cobra.Command {
 	show := &cobra.Command{
 		Use: "show SERIAL", Short: "Show a certificate", Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			if err := requireTenant(tenantID); err != nil {
-				return err
-			}
-			cl, err := a.client()
+			cl, err := a.tenantClient(tenantID)
 			if err != nil {
 				return err
 			}
@@ -246,10 +246,7 @@ func (a *app) certCmd() *cobra.Command {
 	revoke := &cobra.Command{
 		Use: "revoke SERIAL", Short: "Revoke a certificate (CRL and OCSP reflect it at once)", Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			if err := requireTenant(tenantID); err != nil {
-				return err
-			}
-			cl, err := a.client()
+			cl, err := a.tenantClient(tenantID)
 			if err != nil {
 				return err
 			}

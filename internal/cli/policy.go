@@ -48,10 +48,7 @@ func (a *app) policyCmd() *cobra.Command {
 	list := &cobra.Command{
 		Use: "list", Short: "List policies and assignments", Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := requireTenant(tenantID); err != nil {
-				return err
-			}
-			cl, err := a.client()
+			cl, err := a.tenantClient(tenantID)
 			if err != nil {
 				return err
 			}
@@ -101,10 +98,7 @@ func (a *app) policyCmd() *cobra.Command {
 	del := &cobra.Command{
 		Use: "delete NAME", Short: "Delete a policy and its assignments", Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			if err := requireTenant(tenantID); err != nil {
-				return err
-			}
-			cl, err := a.client()
+			cl, err := a.tenantClient(tenantID)
 			if err != nil {
 				return err
 			}

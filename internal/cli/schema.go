@@ -54,10 +54,7 @@ func (a *app) schemaCmd() *cobra.Command {
 	list := &cobra.Command{
 		Use: "list", Short: "List schemas", Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := requireTenant(tenantID); err != nil {
-				return err
-			}
-			cl, err := a.client()
+			cl, err := a.tenantClient(tenantID)
 			if err != nil {
 				return err
 			}
@@ -82,10 +79,7 @@ func (a *app) telemetryCmd(tenant *string) *cobra.Command {
 	c := &cobra.Command{
 		Use: "telemetry DEVICE", Short: "Show a device's recent verified telemetry (confidential fields are never shown)", Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			if err := requireTenant(*tenant); err != nil {
-				return err
-			}
-			cl, err := a.client()
+			cl, err := a.tenantClient(*tenant)
 			if err != nil {
 				return err
 			}

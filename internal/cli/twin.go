@@ -38,10 +38,7 @@ func (a *app) twinCmd() *cobra.Command {
 	get := &cobra.Command{
 		Use: "get DEVICE", Short: "Show desired, reported and the delta", Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			if err := requireTenant(tenantID); err != nil {
-				return err
-			}
-			cl, err := a.client()
+			cl, err := a.tenantClient(tenantID)
 			if err != nil {
 				return err
 			}
