@@ -11,12 +11,15 @@ import (
 	"errors"
 	"math/big"
 	"net"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/wardiot/ward/agent"
 	"github.com/wardiot/ward/agent/keystore"
+	"github.com/wardiot/ward/agent/keystore/tpmtest"
 	"github.com/wardiot/ward/internal/provision"
 	"github.com/wardiot/ward/internal/server"
 	"github.com/wardiot/ward/internal/store"
@@ -161,6 +164,79 @@ func TestProvisioningThroughTheServer(t *testing.T) {
 		}
 		if n := e.certCount(t, "sym-9"); n != 0 {
 			t.Fatalf("%d certificates issued with a wrong key", n)
+		}
+	})
+}
+
+// TestTPMAndTokenGroupsThroughTheServer: a TPM (swtpm with a real EK
+// certificate) enrolls through a tpm group with credential activation and
+// an AK-certified key; a device enrolls with a one-time token of a token
+// group, which cannot be used twice.
+func TestTPMAndTokenGroupsThroughTheServer(t *testing.T) {
+	e := newESTEnv(t)
+	t.Run("token-group", func(t *testing.T) {
+		if _, _, err := e.srv.CreateGroup(ctx, "test", "acme", server.GroupSpec{Name: "line", Mechanism: "token"}); err != nil {
+			t.Fatal(err)
+		}
+		tok, err := e.srv.MintGroupToken(ctx, "test", "acme", "line", "tk-1", time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.enrollWith(t, "acme.line", "tk-1", agent.Token(tok)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.enrollWith(t, "acme.line", "tk-1", agent.Token(tok)); err == nil {
+			t.Fatal("a group token enrolled twice")
+		}
+	})
+	t.Run("tpm-group", func(t *testing.T) {
+		sim := tpmtest.Manufactured(t)
+		roots, err := os.ReadFile(filepath.Join(sim.EKCADir, "swtpm-localca-rootca-cert.pem"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		inter, err := os.ReadFile(filepath.Join(sim.EKCADir, "issuercert.pem"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := e.srv.CreateGroup(ctx, "test", "acme", server.GroupSpec{Name: "tpm", Mechanism: "tpm", EKRoots: append(roots, inter...)}); err != nil {
+			t.Fatal(err)
+		}
+		// The EK certificate was just made; bring the server's clock to now.
+		e.clock.n.Store(time.Now().Add(time.Second).UnixNano())
+		dir := t.TempDir()
+		ks, err := keystore.Open(sim.Spec(), keystore.WithStateDir(filepath.Join(dir, "tpm")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ks.Close()
+		ca, _ := readFile(t, filepath.Join(e.dir, "ca.pem"))
+		cfg := agent.Config{Server: "https://" + e.srv.APIAddr(), CABundle: ca, Tenant: "acme", Label: "acme.tpm", Keystore: ks,
+			StateDir: filepath.Join(dir, "state"), Device: "unknown"}
+		// The device learns its EK-derived ID from the first refusal.
+		_, err = agent.Enroll(ctx, cfg, agent.TPM())
+		if err == nil || !strings.Contains(err.Error(), `proves device "`) {
+			e.srv.Monitor.Flush(ctx)
+			evs, _ := e.srv.Store().ListEvents(ctx, store.EventFilter{Tenant: "acme"})
+			for _, ev := range evs {
+				t.Logf("event %s %s %s", ev.Type, ev.Reason, ev.Detail)
+			}
+			t.Fatalf("enroll under a wrong device ID: %v", err)
+		}
+		cfg.Device = strings.Split(strings.Split(err.Error(), `proves device "`)[1], `"`)[0]
+		id, err := agent.Enroll(ctx, cfg, agent.TPM())
+		if err != nil {
+			t.Fatal(err)
+		}
+		key, err := ks.Load(ctx, id.KeyName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !key.Public().(*ecdsa.PublicKey).Equal(id.Certificate.PublicKey) {
+			t.Fatal("the certificate does not certify the TPM-resident key")
+		}
+		if d, err := e.srv.Store().GetDevice(ctx, "acme", cfg.Device); err != nil || d.Group != "tpm" {
+			t.Fatalf("registration: %+v %v", d, err)
 		}
 	})
 }
