@@ -61,11 +61,24 @@ type Config struct {
 	// CloneActionTenants overrides it per tenant.
 	CloneAction        string            `yaml:"clone_action"`
 	CloneActionTenants map[string]string `yaml:"clone_action_tenants"`
+	// TelemetryWebhooks receive a tenant's verified telemetry as signed
+	// HTTPS POSTs (HMAC-SHA256 of the body with the secret in SecretFile).
+	TelemetryWebhooks []Webhook `yaml:"telemetry_webhooks"`
 	// NATS is an optional nats:// URL for JetStream (several nodes).
 	NATS string `yaml:"nats"`
 	// LogLevel is debug, info, warn or error; LogFormat is text or json.
 	LogLevel  string `yaml:"log_level"`
 	LogFormat string `yaml:"log_format"`
+}
+
+// Webhook is a telemetry webhook of one tenant.
+type Webhook struct {
+	Tenant     string `yaml:"tenant"`
+	URL        string `yaml:"url"`
+	SecretFile string `yaml:"secret_file"`
+	// CAFile optionally names the PEM roots that sign the receiver's
+	// certificate (default: the system roots).
+	CAFile string `yaml:"ca_file"`
 }
 
 // Rate is a set of gateway rate limits.
@@ -194,6 +207,15 @@ func (c *Config) Validate() error {
 	for name, r := range map[string]Rate{"device_rate": c.DeviceRate, "tenant_rate": c.TenantRate} {
 		if r.MessagesPerSecond < 0 || r.BytesPerSecond < 0 || r.ConnectsPerMinute < 0 {
 			add(name, "rates must not be negative", "use 0 for the default")
+		}
+	}
+	for i, w := range c.TelemetryWebhooks {
+		u, err := url.Parse(w.URL)
+		if err != nil || u.Scheme != "https" || u.Host == "" {
+			add(fmt.Sprintf("telemetry_webhooks[%d].url", i), fmt.Sprintf("%q is not an https:// URL", w.URL), "webhooks are HTTPS only")
+		}
+		if w.Tenant == "" || w.SecretFile == "" {
+			add(fmt.Sprintf("telemetry_webhooks[%d]", i), "tenant and secret_file are required", "a 0600 file with at least 16 random bytes")
 		}
 	}
 	validClone := func(v string) bool { return v == "" || v == "refuse-newcomer" || v == "cut-both" }

@@ -37,7 +37,9 @@ type estEnv struct {
 	pool  *x509.CertPool
 }
 
-func newESTEnv(t *testing.T) *estEnv {
+func newESTEnv(t *testing.T) *estEnv { return newESTEnvCfg(t, nil) }
+
+func newESTEnvCfg(t *testing.T, mutate func(*config.Config)) *estEnv {
 	t.Helper()
 	dir := t.TempDir()
 	clk := &fakeClock{}
@@ -45,6 +47,9 @@ func newESTEnv(t *testing.T) *estEnv {
 	cfg := config.Default()
 	cfg.DataDir = dir
 	cfg.APIAddr, cfg.HTTPAddr, cfg.MQTTAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	if mutate != nil {
+		mutate(&cfg)
+	}
 	srv, err := server.Open(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), server.WithClock(clk.Now))
 	if err != nil {
 		t.Fatal(err)

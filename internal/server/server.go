@@ -76,6 +76,10 @@ type Server struct {
 	sinks         telemetry.Sink
 	nats          *nats.Conn
 
+	// bgCtx lives as long as the server: background workers stop with it.
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
+
 	closeOnce sync.Once
 	closeErr  error
 	Monitor   *monitor.Monitor
@@ -110,6 +114,7 @@ func Open(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Opti
 	for _, o := range opts {
 		o(s)
 	}
+	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	var err error
 	s.kek, err = tenant.LoadOrCreateFileKEK(filepath.Join(cfg.DataDir, fileKEK))
 	if err != nil {
@@ -473,6 +478,9 @@ func (s *Server) close() error {
 		if ln != nil {
 			ln.Close()
 		}
+	}
+	if s.bgCancel != nil {
+		s.bgCancel()
 	}
 	if s.window != nil {
 		s.window.close()

@@ -122,6 +122,11 @@ func (s *Server) openTelemetry(ctx context.Context) error {
 		s.nats = nc
 		sinks = append(sinks, telemetry.NewJetStreamSink(js))
 	}
+	hooks, err := s.openWebhooks()
+	if err != nil {
+		return err
+	}
+	sinks = append(sinks, hooks...)
 	s.sinks = telemetry.FanOut(sinks)
 	return nil
 }
