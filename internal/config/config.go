@@ -61,6 +61,10 @@ type Config struct {
 	// CloneActionTenants overrides it per tenant.
 	CloneAction        string            `yaml:"clone_action"`
 	CloneActionTenants map[string]string `yaml:"clone_action_tenants"`
+	// EKRoots is a PEM file of the TPM manufacturers' EK roots (and their
+	// issuing CAs) that attestation keys are enrolled against; without it
+	// no AK can be enrolled and only the software tier is available.
+	EKRoots string `yaml:"ek_roots"`
 	// NATS is an optional nats:// URL for JetStream (several nodes).
 	NATS string `yaml:"nats"`
 	// LogLevel is debug, info, warn or error; LogFormat is text or json.
