@@ -171,12 +171,21 @@ func (a *API) importRefValues(w http.ResponseWriter, r *http.Request, p *tenant.
 	return nil
 }
 
+// RefValueKey is the body of the reference-value key route.
+type RefValueKey struct {
+	PublicKeyPEM string `json:"public_key_pem"`
+}
+
 func (a *API) setRefValueKey(w http.ResponseWriter, r *http.Request, p *tenant.Principal) error {
 	b, err := readBody(r, maxSmallBody)
 	if err != nil {
 		return err
 	}
-	if err := a.d.Attest.SetRefValueKey(r.Context(), p.Actor(), r.PathValue("tenant"), b); err != nil {
+	var req RefValueKey
+	if err := json.Unmarshal(b, &req); err != nil || req.PublicKeyPEM == "" {
+		return Invalid(errors.New("body must be {\"public_key_pem\": \"-----BEGIN PUBLIC KEY-----...\"}"))
+	}
+	if err := a.d.Attest.SetRefValueKey(r.Context(), p.Actor(), r.PathValue("tenant"), []byte(req.PublicKeyPEM)); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
