@@ -197,6 +197,10 @@ type Agent struct {
 	failures int       // consecutive failed attempts
 	lastErr  error
 
+	// renewalAttest, set by Conn.ServeAttestation, attests the new key
+	// before simplereenroll.
+	renewalAttest func(ctx context.Context, spki []byte) error
+
 	macSt   macState  // telemetry MAC secret and epoch
 	seqOnce sync.Once // telemetry sequence numbers
 	seq     *sequencer
@@ -435,6 +439,21 @@ func (a *Agent) renew(ctx context.Context) error {
 			}
 		}
 	}()
+	a.mu.Lock()
+	attestFn := a.renewalAttest
+	a.mu.Unlock()
+	if attestFn != nil {
+		// The server may require a fresh pass bound to the new key; it
+		// decides, so a failed attestation is only logged here and the
+		// server's refusal, if any, is the renewal's error.
+		spki, err := spkiOf(key.Public())
+		if err != nil {
+			return err
+		}
+		if err := attestFn(ctx, spki); err != nil {
+			a.log.Warn("attestation before renewal did not pass", "err", err)
+		}
+	}
 	csr, err := reenrollCSR(a.cfg.Rand, key, cur.leaf())
 	if err != nil {
 		return fmt.Errorf("signing the CSR: %w", err)

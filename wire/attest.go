@@ -443,3 +443,29 @@ func ParseAKActivationResponse(b []byte) (*AKActivationResponse, error) {
 	}
 	return &r, nil
 }
+
+// MaxSPKISize bounds a SubjectPublicKeyInfo in a renewal request: an
+// RSA-4096 SPKI is about 550 bytes, post-quantum keys a few KiB.
+const MaxSPKISize = 4 << 10
+
+// AttestRenewalRequest asks for a renewal challenge (published on
+// ward/v1/<device>/attest/renewal): the server answers with an
+// AttestChallenge on attest/request whose Nonce is
+// RenewalNonce(ServerNonce, SPKI), so the evidence that answers it binds
+// the key of the CSR the device is about to send to simplereenroll.
+type AttestRenewalRequest struct {
+	// SPKI is the DER SubjectPublicKeyInfo of the CSR's key.
+	SPKI []byte `json:"spki"`
+}
+
+// ParseAttestRenewalRequest decodes and checks a renewal request.
+func ParseAttestRenewalRequest(b []byte) (*AttestRenewalRequest, error) {
+	var r AttestRenewalRequest
+	if err := decodeStrict(b, &r); err != nil {
+		return nil, err
+	}
+	if err := checkBlob("spki", r.SPKI, MaxSPKISize, true); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}

@@ -105,3 +105,14 @@ func FuzzParseAKMessages(f *testing.F) {
 		ParseAttestVerdict(b)
 	})
 }
+
+func FuzzParseAttestRenewalRequest(f *testing.F) {
+	f.Add([]byte(`{"spki":"MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE"}`))
+	f.Add([]byte(`{"spki":""}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := ParseAttestRenewalRequest(b)
+		if err == nil && (len(r.SPKI) == 0 || len(r.SPKI) > MaxSPKISize) {
+			t.Fatalf("accepted an SPKI of %d bytes", len(r.SPKI))
+		}
+	})
+}

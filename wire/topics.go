@@ -14,9 +14,17 @@ const (
 	TopicTwinDelta     = "twin/delta"     // server -> device
 	TopicAttestRequest = "attest/request" // server -> device (challenge)
 	TopicAttestReply   = "attest/reply"   // device -> server (evidence)
-	TopicOTAJob        = "ota/job"        // server -> device
-	TopicOTAStatus     = "ota/status"     // device -> server
-	TopicControl       = "control"        // server -> device (epochs, commands)
+	// AK enrollment and renewal attestation (see AKEnrollRequest,
+	// AttestRenewalRequest): separate topics, so neither side has to
+	// guess what a message is.
+	TopicAttestEnroll     = "attest/enroll"     // device -> server (AKEnrollRequest)
+	TopicAttestActivate   = "attest/activate"   // device -> server (AKActivationResponse)
+	TopicAttestRenewal    = "attest/renewal"    // device -> server (AttestRenewalRequest)
+	TopicAttestActivation = "attest/activation" // server -> device (AKActivationChallenge)
+	TopicAttestVerdict    = "attest/verdict"    // server -> device (AttestVerdict)
+	TopicOTAJob           = "ota/job"           // server -> device
+	TopicOTAStatus        = "ota/status"        // device -> server
+	TopicControl          = "control"           // server -> device (epochs, commands)
 )
 
 // DeviceTopic returns ward/v1/<device>/<suffix>.

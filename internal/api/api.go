@@ -70,6 +70,7 @@ type Deps struct {
 	Policies PolicyAdmin
 	Groups   Groups
 	MAC      MACAdmin
+	Attest   Attestation
 	Log      *slog.Logger
 	Now      func() time.Time
 }
@@ -106,6 +107,9 @@ func New(d Deps) *API {
 	}
 	if d.MAC != nil {
 		a.macRoutes()
+	}
+	if d.Attest != nil {
+		a.attestRoutes()
 	}
 	return a
 }

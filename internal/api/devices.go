@@ -29,6 +29,8 @@ type Device struct {
 	CreatedAt time.Time         `json:"created_at"`
 	UpdatedAt time.Time         `json:"updated_at"`
 	Certs     []Cert            `json:"certificates,omitempty"`
+	// Attestation is set by `device show` when attestation is wired.
+	Attestation *AttestationState `json:"attestation,omitempty"`
 }
 
 func deviceJSON(d *store.Device) Device {
@@ -73,6 +75,11 @@ func (a *API) getDevice(w http.ResponseWriter, r *http.Request, p *tenant.Princi
 	}
 	for _, c := range certs {
 		out.Certs = append(out.Certs, certJSON(c, false))
+	}
+	if a.d.Attest != nil {
+		if out.Attestation, err = a.d.Attest.AttestationState(r.Context(), tid, id); err != nil {
+			return err
+		}
 	}
 	WriteJSON(w, http.StatusOK, out)
 	return nil

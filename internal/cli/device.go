@@ -56,10 +56,12 @@ func (a *app) deviceCmd() *cobra.Command {
 				for _, c := range d.Certs {
 					fmt.Fprintf(w, "certificate\t%s %s until %s\n", c.Serial, c.Status, c.NotAfter.Format(time.RFC3339))
 				}
+				printAttestation(w, d.Attestation)
 			})
 		},
 	}
 	c.AddCommand(list, show, a.telemetryCmd(&tenantID), a.claimCmd(&tenantID))
+	c.AddCommand(a.deviceAttestCmds(&tenantID)...)
 	for _, m := range []struct{ use, path, short string }{
 		{"rotate-mac-secret DEVICE", "mac-secret", "Give the device a new telemetry MAC secret (sent only over its mTLS session)"},
 		{"next-mac-epoch DEVICE", "mac-epoch", "Start the next MAC epoch (the previous stays valid for a grace period)"},

@@ -64,6 +64,10 @@ type Config struct {
 	// TelemetryWebhooks receive a tenant's verified telemetry as signed
 	// HTTPS POSTs (HMAC-SHA256 of the body with the secret in SecretFile).
 	TelemetryWebhooks []Webhook `yaml:"telemetry_webhooks"`
+	// EKRoots is a PEM file of the TPM manufacturers' EK roots (and their
+	// issuing CAs) that attestation keys are enrolled against; without it
+	// no AK can be enrolled and only the software tier is available.
+	EKRoots string `yaml:"ek_roots"`
 	// NATS is an optional nats:// URL for JetStream (several nodes).
 	NATS string `yaml:"nats"`
 	// LogLevel is debug, info, warn or error; LogFormat is text or json.

@@ -33,30 +33,34 @@ const (
 	SecondOnboarding     = "provision.second_onboarding"
 	AttestationFailed    = "attestation.failed"
 	AttestationFlagged   = "attestation.flagged"
-	TelemetryRejected    = "telemetry.rejected"
-	DeviceTokenReuse     = "device_token.refresh_reuse"
-	DeviceTokenOther     = "device_token.refused"
-	FloorWentDown        = "ota.floor_decreased"
-	ConnectionRefused    = "mqtt.connect_refused"
+	// AttestationRenewalRefused: a renewal without a fresh passing
+	// attestation (or by a quarantined device) was refused.
+	AttestationRenewalRefused = "attestation.renewal_refused"
+	TelemetryRejected         = "telemetry.rejected"
+	DeviceTokenReuse          = "device_token.refresh_reuse"
+	DeviceTokenOther          = "device_token.refused"
+	FloorWentDown             = "ota.floor_decreased"
+	ConnectionRefused         = "mqtt.connect_refused"
 )
 
 var severity = map[string]string{
-	TLSHandshakeFailed:   "low",
-	ClientIDMismatch:     "medium",
-	PolicyDenied:         "low",
-	RateLimited:          "low",
-	CertShared:           "high",
-	CertRevokedPresented: "high",
-	BootstrapCertForMQTT: "medium",
-	EnrollRefused:        "medium",
-	SecondOnboarding:     "high",
-	AttestationFailed:    "high",
-	AttestationFlagged:   "low",
-	TelemetryRejected:    "medium",
-	DeviceTokenReuse:     "high",
-	DeviceTokenOther:     "medium",
-	FloorWentDown:        "high",
-	ConnectionRefused:    "medium",
+	TLSHandshakeFailed:        "low",
+	ClientIDMismatch:          "medium",
+	PolicyDenied:              "low",
+	RateLimited:               "low",
+	CertShared:                "high",
+	CertRevokedPresented:      "high",
+	BootstrapCertForMQTT:      "medium",
+	EnrollRefused:             "medium",
+	SecondOnboarding:          "high",
+	AttestationFailed:         "high",
+	AttestationFlagged:        "low",
+	AttestationRenewalRefused: "medium",
+	TelemetryRejected:         "medium",
+	DeviceTokenReuse:          "high",
+	DeviceTokenOther:          "medium",
+	FloorWentDown:             "high",
+	ConnectionRefused:         "medium",
 }
 
 // Severity returns the severity of an event type ("medium" if unknown).

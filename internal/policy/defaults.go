@@ -15,6 +15,9 @@ func Default() *Policy {
 			own(wire.TopicTwinGet),
 			own(wire.TopicMACGet),
 			own(wire.TopicAttestReply),
+			own(wire.TopicAttestEnroll),
+			own(wire.TopicAttestActivate),
+			own(wire.TopicAttestRenewal),
 			own(wire.TopicOTAStatus),
 		}},
 		Subscribe: Rules{Allow: []string{own("#")}},
@@ -28,6 +31,9 @@ func Quarantine() *Policy {
 		Version: 1,
 		Publish: Rules{Allow: []string{
 			own(wire.TopicAttestReply),
+			own(wire.TopicAttestEnroll),
+			own(wire.TopicAttestActivate),
+			own(wire.TopicAttestRenewal),
 			own(wire.TopicOTAStatus),
 		}},
 		Subscribe: Rules{Allow: []string{

@@ -311,6 +311,14 @@ func (e *estCA) Reenroll(ctx context.Context, r *est.Request) ([]*x509.Certifica
 	if err := e.deviceUsable(ctx, tid, device, actor, "est.reenroll"); err != nil {
 		return nil, err
 	}
+	// Attestation gates renewal (attestation.go).
+	if err := e.s.renewalAttested(ctx, tid, device, r.CSR.RawSubjectPublicKeyInfo); err != nil {
+		var rr errRenewalRefused
+		if errors.As(err, &rr) {
+			return nil, est.Forbidden(rr.Error(), nil)
+		}
+		return nil, err
+	}
 	// Renewal is rotation: the new key must never have been certified for
 	// this device before.
 	spki := sha256.Sum256(r.CSR.RawSubjectPublicKeyInfo)

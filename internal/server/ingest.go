@@ -15,6 +15,11 @@ func (s *Server) ingestHandlers() map[string]func(ctx context.Context, id broker
 		wire.TopicTwinReported: s.ingestTwinReported,
 		wire.TopicTwinGet:      s.ingestTwinGet,
 		wire.TopicMACGet:       s.ingestMACGet,
+		// Attestation (attestation.go).
+		wire.TopicAttestReply:    s.ingestAttestReply,
+		wire.TopicAttestEnroll:   s.ingestAttestEnroll,
+		wire.TopicAttestActivate: s.ingestAttestActivate,
+		wire.TopicAttestRenewal:  s.ingestAttestRenewal,
 	}
 	return h
 }

@@ -65,6 +65,7 @@ type Server struct {
 	DeviceAuth   *deviceauth.Server
 	deviceTokens *deviceauthsql.Store
 	serverCert   *tls.Certificate
+	attest       *attestState // attestation.go
 	mqttLn       net.Listener
 
 	Twins         *twin.Service
@@ -197,6 +198,9 @@ func (s *Server) open(ctx context.Context) error {
 	if err := s.openDeviceAuth(); err != nil {
 		return err
 	}
+	if err := s.openAttestation(); err != nil { // attestation.go
+		return err
+	}
 	s.EST, err = est.New(&estCA{s: s, renewGrace: s.cfg.RenewGrace}, est.WithObserver(func(ev est.Event) {
 		if ev.Status >= 500 {
 			s.log.Error("est request failed", "op", ev.Op, "label", ev.Label, "remote", ev.RemoteAddr, "status", ev.Status, "err", ev.Err)
@@ -207,7 +211,7 @@ func (s *Server) open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.API = api.New(api.Deps{Store: s.store, Tenants: s.Tenants, Tokens: s.Tokens, PKI: s.PKI, CAKeys: s.caKeys, Monitor: s.Monitor, Fleet: s.Fleet, Schemas: s, Twins: s, Policies: s, Groups: s, MAC: s, Log: s.log, Now: s.now})
+	s.API = api.New(api.Deps{Store: s.store, Tenants: s.Tenants, Tokens: s.Tokens, PKI: s.PKI, CAKeys: s.caKeys, Monitor: s.Monitor, Fleet: s.Fleet, Schemas: s, Twins: s, Policies: s, Groups: s, MAC: s, Attest: s, Log: s.log, Now: s.now})
 	return s.firstStart(ctx)
 }
 
@@ -359,6 +363,7 @@ func (s *Server) Start(ctx context.Context) error {
 	s.cancel = cancel
 	go s.PKI.Run(runCtx)
 	go s.pruneLoop(runCtx)
+	go s.attestLoop(runCtx) // attestation.go
 
 	mux := http.NewServeMux()
 	mux.Handle("/api/v1/", s.API.Handler())
