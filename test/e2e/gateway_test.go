@@ -183,3 +183,43 @@ func TestGatewayWithMosquittoClients(t *testing.T) {
 		t.Errorf("no policy.denied event recorded:\n%s", events)
 	}
 }
+
+// TestQuarantineWithMosquittoClients: a quarantined device, connecting with
+// mosquitto_pub/mosquitto_sub and its own certificate, reaches only the
+// attestation and OTA topics; enabling it again restores its own subtree.
+func TestQuarantineWithMosquittoClients(t *testing.T) {
+	pub := requirePeer(t, "mosquitto_pub", "mosquitto-clients")
+	sub := requirePeer(t, "mosquitto_sub", "mosquitto-clients")
+	dir := t.TempDir()
+	p := startServer(t, dir)
+	w := wardCLI(t, dir)
+	w("tenant", "create", "acme")
+	d := enrollDevice(t, p, w, "acme", "q1")
+	schema := filepath.Join(t.TempDir(), "temp.json")
+	os.WriteFile(schema, []byte(`{"type":"object","properties":{"celsius":{"type":"number"}},"required":["celsius"]}`), 0o644)
+	w("schema", "register", "--tenant", "acme", "--file", schema, "--id", "temp", "--version", "1")
+	w("device", "quarantine", "q1", "--tenant", "acme", "--reason", "attestation failed")
+
+	out, _ := run(t, sub, append(mqttArgs(p, d, "mqttv5"), "-t", "ward/v1/q1/ota/job", "-W", "1")...)
+	if strings.Contains(strings.ToLower(out), "denied") {
+		t.Fatalf("a quarantined device may not subscribe to its OTA jobs: %s", out)
+	}
+	out, _ = run(t, sub, append(mqttArgs(p, d, "mqttv5"), "-t", "ward/v1/q1/twin/#", "-W", "1")...)
+	if !strings.Contains(strings.ToLower(out), "denied") {
+		t.Fatalf("a quarantined device subscribed to its twin: %s", out)
+	}
+	env := signedReading(t, d, 1, `{"celsius":1}`)
+	out, err := run(t, pub, append(mqttArgs(p, d, "mqttv5"), "-t", "ward/v1/q1/telemetry/temp", "-f", env, "-q", "1")...)
+	if err == nil && !strings.Contains(out, "Not authorized") {
+		t.Fatalf("a quarantined device published telemetry: %s", out)
+	}
+	out, _ = run(t, pub, append(mqttArgs(p, d, "mqttv5"), "-t", "ward/v1/q1/attest/reply", "-m", "{}", "-q", "1")...)
+	if strings.Contains(out, "Not authorized") {
+		t.Fatalf("a quarantined device may not reach the attestation topic: %s", out)
+	}
+	w("device", "enable", "q1", "--tenant", "acme")
+	env = signedReading(t, d, 2, `{"celsius":2}`)
+	if out, err := run(t, pub, append(mqttArgs(p, d, "mqttv5"), "-t", "ward/v1/q1/telemetry/temp", "-f", env, "-q", "1")...); err != nil || strings.Contains(out, "Not authorized") {
+		t.Fatalf("an enabled device could not publish telemetry: %v %s", err, out)
+	}
+}
