@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wardiot/ward/agent/keystore/softhsmtest"
 )
 
 // TestPKIWithOpenSSL drives a real server through the operator CLI and
@@ -171,4 +173,82 @@ func splitPEM(t *testing.T, s string) [][]byte {
 		out = append(out, pem.EncodeToMemory(b))
 	}
 	return out
+}
+
+// TestRootOffline: the root key leaves the server through the CLI into a
+// 0600 file; issuance continues from the issuing CA; a new issuing CA needs
+// the root key handed back.
+func TestRootOffline(t *testing.T) {
+	openssl := requirePeer(t, "openssl", "openssl")
+	dir := t.TempDir()
+	startServer(t, dir)
+	w := wardCLI(t, dir)
+	w("tenant", "create", "acme")
+	work := t.TempDir()
+	keyFile := filepath.Join(work, "root.key")
+	w("ca", "root-offline", "--tenant", "acme", "--out", keyFile)
+	fi, err := os.Stat(keyFile)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("root key file: %v %v", fi, err)
+	}
+	if out := mustRun(t, openssl, "pkey", "-in", keyFile, "-noout", "-text"); !strings.Contains(out, "Private-Key") {
+		t.Fatalf("exported key: %s", out)
+	}
+	csr := filepath.Join(work, "d.csr")
+	mustRun(t, openssl, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", filepath.Join(work, "k.pem"),
+		"-out", csr, "-subj", "/CN=d1")
+	w("cert", "issue", "--tenant", "acme", "--device", "d1", "--csr", csr)
+	if _, errs, code := ward(t, nil, "--data", dir, "ca", "new-issuing", "--tenant", "acme"); code == 0 {
+		t.Fatal("a new issuing CA was made without the offline root key")
+	} else if !strings.Contains(errs, "offline") {
+		t.Fatalf("unclear refusal: %s", errs)
+	}
+	w("ca", "new-issuing", "--tenant", "acme", "--root-key", keyFile)
+	chain := splitPEM(t, w("ca", "chain", "--tenant", "acme"))
+	if len(chain) != 2 {
+		t.Fatalf("chain after rotation has %d certificates", len(chain))
+	}
+	w("cert", "issue", "--tenant", "acme", "--device", "d1", "--csr", csr)
+}
+
+// TestPKCS11CAKeys runs a server whose tenant CA keys live in a PKCS#11
+// token (Debian's softhsm2): certificates verify with openssl, and no CA
+// private key is anywhere in the data directory or the database.
+func TestPKCS11CAKeys(t *testing.T) {
+	openssl := requirePeer(t, "openssl", "openssl")
+	tok := softhsmtest.New(t, "ward-ca")
+	dir := t.TempDir()
+	pin := filepath.Join(t.TempDir(), "pin")
+	os.WriteFile(pin, []byte(tok.PIN), 0o600)
+	startServer(t, dir, "--ca-keys", "pkcs11", "--pkcs11-module", tok.Module, "--pkcs11-token", tok.Label, "--pkcs11-pin-file", pin)
+	w := wardCLI(t, dir)
+	w("tenant", "create", "acme")
+	work := t.TempDir()
+	csr, cert := filepath.Join(work, "d.csr"), filepath.Join(work, "d.pem")
+	mustRun(t, openssl, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", filepath.Join(work, "k.pem"),
+		"-out", csr, "-subj", "/CN=d1")
+	w("cert", "issue", "--tenant", "acme", "--device", "d1", "--csr", csr, "--out", cert)
+	chain := splitPEM(t, w("ca", "chain", "--tenant", "acme"))
+	os.WriteFile(filepath.Join(work, "issuing.pem"), chain[0], 0o644)
+	os.WriteFile(filepath.Join(work, "root.pem"), chain[1], 0o644)
+	if out := mustRun(t, openssl, "verify", "-CAfile", filepath.Join(work, "root.pem"), "-untrusted", filepath.Join(work, "issuing.pem"), cert); !strings.Contains(out, ": OK") {
+		t.Fatalf("verify: %s", out)
+	}
+	// The root key cannot be exported from the token.
+	if _, errs, code := ward(t, nil, "--data", dir, "ca", "root-offline", "--tenant", "acme", "--out", filepath.Join(work, "root.key")); code == 0 {
+		t.Fatal("exported a root key from the HSM")
+	} else if !strings.Contains(strings.ToLower(errs), "export") {
+		t.Fatalf("unclear refusal: %s", errs)
+	}
+	// No private key of any CA is in the data directory or the database.
+	filepath.Walk(dir, func(path string, fi os.FileInfo, err error) error {
+		if err != nil || fi.IsDir() {
+			return nil
+		}
+		b, _ := os.ReadFile(path)
+		if strings.Contains(string(b), "PRIVATE KEY") {
+			t.Errorf("%s holds a PEM private key", path)
+		}
+		return nil
+	})
 }
