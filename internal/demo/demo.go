@@ -79,6 +79,14 @@ func Run(ctx context.Context, out io.Writer, o Options) (err error) {
 	cfg.DataDir = dir
 	cfg.APIAddr, cfg.HTTPAddr, cfg.MQTTAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	log := slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	// The attestation step's TPMs are made first: the server reads their
+	// makers' CA roots when it opens.
+	lab, err := prepareTPMs(filepath.Join(dir, "tpm"))
+	if err != nil {
+		return fmt.Errorf("manufacture software TPMs: %w", err)
+	}
+	defer lab.close()
+	cfg.EKRoots = lab.rootsFile
 
 	r.say("Starting a Ward server in %s (SQLite, loopback, random ports)", dir)
 	srv, err := server.Open(ctx, cfg, log)
@@ -158,6 +166,9 @@ func Run(ctx context.Context, out io.Writer, o Options) (err error) {
 		return err
 	}
 	if err := r.provisioning(ctx, srv, admin, dir, caPEM); err != nil {
+		return err
+	}
+	if err := r.attestation(ctx, srv, admin, dir, caPEM, lab); err != nil {
 		return err
 	}
 
