@@ -286,6 +286,10 @@ func (s *Server) applyVerdict(ctx context.Context, dev attest.Device, v attest.V
 	case attest.Flag:
 		s.Monitor.Emit(monitor.Event{Type: monitor.AttestationFlagged, Tenant: dev.Tenant, Device: dev.ID, Reason: reasons, Time: v.Time})
 	case attest.Pass:
+		if err := s.Audit(ctx, audit.Entry{Actor: attestActor, Action: "attest.verdict", Target: target, Tenant: dev.Tenant,
+			Result: audit.ResultOK, Detail: "pass: release " + v.Release + " assurance " + string(v.Assurance)}); err != nil {
+			return err
+		}
 		if st, _ := s.Fleet.State(dev.Tenant, dev.ID); st == store.DeviceQuarantined && prevFailed {
 			return s.Fleet.SetState(ctx, attestActor, dev.Tenant, dev.ID, store.DeviceActive, "attestation passed (release "+v.Release+")")
 		}
