@@ -1,9 +1,11 @@
 package server_test
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/binary"
 	"encoding/hex"
@@ -14,6 +16,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -414,4 +417,57 @@ func TestRenewalRequiresFreshAttestation(t *testing.T) {
 func isStatus(err error, code int) bool {
 	var se *agent.ServerError
 	return errors.As(err, &se) && se.Status == code
+}
+
+// TestAttestationOverHTTPS: a device without an MQTT session asks for a
+// challenge and sends its evidence over HTTPS, authenticated by its device
+// certificate; the verdict comes back in the response.
+func TestAttestationOverHTTPS(t *testing.T) {
+	sim := tpmtest.Manufactured(t)
+	e := newAttestEnv(t, sim)
+	importRefValues(t, e)
+	d := e.tpmDevice(t, "https-1", sim, goodChain())
+	d.conn.Close() // from here on, HTTPS only
+	d.conn = nil
+	tc := &tls.Config{RootCAs: e.pool, Certificates: []tls.Certificate{*d.a.TLSCertificate()}}
+	hc := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}
+	base := "https://" + e.srv.APIAddr() + "/api/device/v1/attest/"
+	post := func(c *http.Client, path string, body []byte) (*http.Response, []byte) {
+		resp, err := c.Post(base+path, "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, b
+	}
+	anon := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: e.pool}}}
+	if resp, _ := post(anon, "challenge", nil); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("no client certificate: %d", resp.StatusCode)
+	}
+	resp, b := post(hc, "challenge", nil)
+	if resp.StatusCode != 200 {
+		t.Fatalf("challenge: %d %s", resp.StatusCode, b)
+	}
+	c, err := wire.ParseAttestChallenge(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := d.tpm.Attest(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evb, _ := json.Marshal(ev)
+	resp, b = post(hc, "evidence", evb)
+	if resp.StatusCode != 200 {
+		t.Fatalf("evidence: %d %s", resp.StatusCode, b)
+	}
+	v, err := wire.ParseAttestVerdict(b)
+	if err != nil || v.Result != wire.VerdictPass {
+		t.Fatalf("verdict %+v %v", v, err)
+	}
+	// The same evidence again answers no outstanding challenge.
+	if resp, _ := post(hc, "evidence", evb); resp.StatusCode != http.StatusConflict {
+		t.Fatalf("replayed evidence: %d", resp.StatusCode)
+	}
 }

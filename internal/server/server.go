@@ -372,6 +372,7 @@ func (s *Server) Start(ctx context.Context) error {
 	// Device-token routes: /oauth/token and /api/device/v1/telemetry/{stream},
 	// authenticated by the device's key (private_key_jwt) and its tokens.
 	s.DeviceAuth.Register(mux)
+	mux.HandleFunc(deviceAttestPrefix, s.serveDeviceAttest)
 	apiSrv := &http.Server{
 		Handler:           s.accessLog(mux),
 		TLSConfig:         tc,
