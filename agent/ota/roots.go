@@ -2,6 +2,7 @@ package ota
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io"
@@ -76,8 +77,10 @@ func FetchRoots(ctx context.Context, client *http.Client, server, device string)
 }
 
 // CheckRoot checks that b is a first TUF root (version 1) signed by its
-// own root threshold, within the size the client accepts.
-func CheckRoot(b []byte) error {
+// own root threshold, within the size the client accepts, and that every
+// key in it is well formed: go-tuf v2.4.2 panics verifying a signature
+// against an Ed25519 key of the wrong length (found by FuzzCheckRoot).
+func CheckRoot(b []byte) (err error) {
 	if len(b) > maxRootSize {
 		return fmt.Errorf("ota: root larger than %d bytes", maxRootSize)
 	}
@@ -85,6 +88,22 @@ func CheckRoot(b []byte) error {
 	if err != nil {
 		return fmt.Errorf("ota: root: %w", err)
 	}
+	for id, k := range r.Signed.Keys {
+		pub, err := k.ToPublicKey()
+		if err != nil {
+			return fmt.Errorf("ota: root key %.16s: %w", id, err)
+		}
+		if p, ok := pub.(ed25519.PublicKey); ok && len(p) != ed25519.PublicKeySize {
+			return fmt.Errorf("ota: root key %.16s: Ed25519 key of %d bytes", id, len(p))
+		}
+	}
+	// Defence in depth against other malformed keys the checks above do
+	// not know about: a panic in the verifier is a refusal.
+	defer func() {
+		if recover() != nil {
+			err = errors.New("ota: root holds a malformed key")
+		}
+	}()
 	if r.Signed.Version != 1 {
 		return fmt.Errorf("ota: root version %d, want the first (1)", r.Signed.Version)
 	}
