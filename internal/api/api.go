@@ -71,6 +71,7 @@ type Deps struct {
 	Groups   Groups
 	MAC      MACAdmin
 	Attest   Attestation
+	OTA      OTA // ota.go
 	Log      *slog.Logger
 	Now      func() time.Time
 }
@@ -110,6 +111,9 @@ func New(d Deps) *API {
 	}
 	if d.Attest != nil {
 		a.attestRoutes()
+	}
+	if d.OTA != nil {
+		a.otaRoutes()
 	}
 	return a
 }

@@ -31,6 +31,8 @@ type Device struct {
 	Certs     []Cert            `json:"certificates,omitempty"`
 	// Attestation is set by `device show` when attestation is wired.
 	Attestation *AttestationState `json:"attestation,omitempty"`
+	// OTA is set by `device show` when OTA is wired.
+	OTA *OTAState `json:"ota,omitempty"`
 }
 
 func deviceJSON(d *store.Device) Device {
@@ -78,6 +80,11 @@ func (a *API) getDevice(w http.ResponseWriter, r *http.Request, p *tenant.Princi
 	}
 	if a.d.Attest != nil {
 		if out.Attestation, err = a.d.Attest.AttestationState(r.Context(), tid, id); err != nil {
+			return err
+		}
+	}
+	if a.d.OTA != nil {
+		if out.OTA, err = a.d.OTA.OTAState(r.Context(), tid, id); err != nil {
 			return err
 		}
 	}

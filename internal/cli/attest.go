@@ -110,7 +110,7 @@ func printAttestation(w *tabwriter.Writer, st *api.AttestationState) {
 }
 
 func (a *app) releaseCmd() *cobra.Command {
-	c := &cobra.Command{Use: "release", Short: "Firmware releases: reference values for attestation"}
+	c := &cobra.Command{Use: "release", Short: "Firmware releases: publish, list, assign; reference values for attestation"}
 	rv := &cobra.Command{Use: "refvalues", Short: "A release's signed reference values (what a device booting it measures)"}
 	var tenantID, file, sig, keyFile string
 	imp := &cobra.Command{
@@ -170,5 +170,6 @@ func (a *app) releaseCmd() *cobra.Command {
 	rv.PersistentFlags().StringVar(&tenantID, "tenant", "", "tenant ID")
 	rv.AddCommand(imp, key)
 	c.AddCommand(rv)
+	c.AddCommand(a.releaseOTACmds()...) // release.go
 	return c
 }

@@ -20,6 +20,8 @@ func (s *Server) ingestHandlers() map[string]func(ctx context.Context, id broker
 		wire.TopicAttestEnroll:   s.ingestAttestEnroll,
 		wire.TopicAttestActivate: s.ingestAttestActivate,
 		wire.TopicAttestRenewal:  s.ingestAttestRenewal,
+		// OTA (ota.go).
+		wire.TopicOTAStatus: s.ingestOTAStatus,
 	}
 	return h
 }

@@ -66,6 +66,7 @@ type Server struct {
 	deviceTokens *deviceauthsql.Store
 	serverCert   *tls.Certificate
 	attest       *attestState // attestation.go
+	ota          *otaState    // ota.go
 	mqttLn       net.Listener
 
 	Twins         *twin.Service
@@ -201,6 +202,9 @@ func (s *Server) open(ctx context.Context) error {
 	if err := s.openAttestation(); err != nil { // attestation.go
 		return err
 	}
+	if err := s.openOTA(); err != nil { // ota.go
+		return err
+	}
 	s.EST, err = est.New(&estCA{s: s, renewGrace: s.cfg.RenewGrace}, est.WithObserver(func(ev est.Event) {
 		if ev.Status >= 500 {
 			s.log.Error("est request failed", "op", ev.Op, "label", ev.Label, "remote", ev.RemoteAddr, "status", ev.Status, "err", ev.Err)
@@ -211,7 +215,7 @@ func (s *Server) open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.API = api.New(api.Deps{Store: s.store, Tenants: s.Tenants, Tokens: s.Tokens, PKI: s.PKI, CAKeys: s.caKeys, Monitor: s.Monitor, Fleet: s.Fleet, Schemas: s, Twins: s, Policies: s, Groups: s, MAC: s, Attest: s, Log: s.log, Now: s.now})
+	s.API = api.New(api.Deps{Store: s.store, Tenants: s.Tenants, Tokens: s.Tokens, PKI: s.PKI, CAKeys: s.caKeys, Monitor: s.Monitor, Fleet: s.Fleet, Schemas: s, Twins: s, Policies: s, Groups: s, MAC: s, Attest: s, OTA: s, Log: s.log, Now: s.now})
 	return s.firstStart(ctx)
 }
 
@@ -364,11 +368,15 @@ func (s *Server) Start(ctx context.Context) error {
 	go s.PKI.Run(runCtx)
 	go s.pruneLoop(runCtx)
 	go s.attestLoop(runCtx) // attestation.go
+	go s.otaLoop(runCtx)    // ota.go
 
 	mux := http.NewServeMux()
 	mux.Handle("/api/v1/", s.API.Handler())
 	mux.Handle(wire.ESTPrefix, s.EST)
 	mux.HandleFunc(wire.ProvisionPrefix, s.serveProvisionChallenge)
+	// OTA repositories, authenticated by the device certificate (ota.go).
+	mux.HandleFunc(wire.OTAImagePath, s.serveOTA)
+	mux.HandleFunc(wire.OTADirectorPath, s.serveOTA)
 	// Device-token routes: /oauth/token and /api/device/v1/telemetry/{stream},
 	// authenticated by the device's key (private_key_jwt) and its tokens.
 	s.DeviceAuth.Register(mux)

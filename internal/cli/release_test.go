@@ -1,0 +1,80 @@
+package cli_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/wardiot/ward/internal/api"
+	"github.com/wardiot/ward/internal/config"
+	"github.com/wardiot/ward/internal/server"
+)
+
+// TestReleasePublishListAssign: `ward release publish` uploads images to
+// the tenant's Image repository (the second one gets a delta), `list`
+// shows them, a second publish of the same version and an assignment to
+// an unknown device are refused with a clear message.
+func TestReleasePublishListAssign(t *testing.T) {
+	dir := t.TempDir()
+	cfg := config.Default()
+	cfg.DataDir = dir
+	cfg.APIAddr, cfg.HTTPAddr, cfg.MQTTAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	srv, err := server.Open(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	must := func(args ...string) string {
+		t.Helper()
+		code, out, errs := run(t, args...)
+		if code != 0 {
+			t.Fatalf("ward %v: exit %d\n%s", args, code, errs)
+		}
+		return out
+	}
+	must("--data", dir, "tenant", "create", "acme")
+	img := make([]byte, 32<<10)
+	rand.Read(img)
+	files := t.TempDir()
+	f10, f11 := filepath.Join(files, "1.0.img"), filepath.Join(files, "1.1.img")
+	os.WriteFile(f10, img, 0o600)
+	img[100] ^= 1
+	os.WriteFile(f11, img, 0o600)
+	pub := func(v, file string) (int, string, string) {
+		return run(t, "--data", dir, "release", "publish", "--tenant", "acme", "--name", "fw", "--version", v,
+			"--hw", "board-1", "--security-version", "1", "--image", file)
+	}
+	if code, out, errs := pub("1.0", f10); code != 0 || !strings.Contains(out, "fw@1.0 for board-1 published") {
+		t.Fatalf("publish 1.0: %d %s %s", code, out, errs)
+	}
+	if code, out, errs := pub("1.1", f11); code != 0 || !strings.Contains(out, "delta") {
+		t.Fatalf("publish 1.1: %d %s %s", code, out, errs)
+	}
+	if code, _, errs := pub("1.1", f11); code != 1 || !strings.Contains(errs, "already published") {
+		t.Fatalf("publish 1.1 again: %d %s", code, errs)
+	}
+	code, _, errs := run(t, "--data", dir, "release", "publish", "--tenant", "acme", "--name", "fw", "--version", "2", "--hw", "board-1", "--image", f11)
+	if code != 2 || !strings.Contains(errs, "--security-version is required") {
+		t.Fatalf("publish without a security version: %d %s", code, errs)
+	}
+	var rs []api.Release
+	if err := json.Unmarshal([]byte(must("--data", dir, "-o", "json", "release", "list", "--tenant", "acme")), &rs); err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 2 || rs[0].Release != "fw@1.0" || rs[1].ReleaseCounter != 2 || len(rs[1].Deltas) != 1 || rs[1].Length != 32<<10 {
+		t.Fatalf("list: %+v", rs)
+	}
+	code, _, errs = run(t, "--data", dir, "release", "assign", "--tenant", "acme", "--device", "ghost-1", "--release", "fw@1.1")
+	if code != 1 || !strings.Contains(errs, "404") {
+		t.Fatalf("assign to an unknown device: %d %s", code, errs)
+	}
+}
