@@ -173,11 +173,27 @@ func (c *Client) updater(ctx context.Context, base string, root []byte, cache st
 	cfg.RootMaxLength, cfg.TimestampMaxLength = maxRootSize, maxTimestampSize
 	cfg.SnapshotMaxLength, cfg.TargetsMaxLength = maxSnapshotSize, maxTargetsSize
 	cfg.Fetcher = &fetcher{ctx: ctx, client: c.cfg.HTTPClient}
-	u, err := updater.New(cfg)
+	return newUpdater(cfg, c.cfg.Now())
+}
+
+// ErrMetadataPanic means go-tuf panicked on metadata the server sent
+// (go-tuf v2.4.2 does on an Ed25519 key of the wrong length in a root):
+// the update is refused instead of crashing the agent.
+var ErrMetadataPanic = errors.New("ota: TUF metadata made the verifier fail")
+
+// newUpdater builds and refreshes a go-tuf updater, turning a panic inside
+// go-tuf (hostile metadata) into an error.
+func newUpdater(cfg *config.UpdaterConfig, now time.Time) (u *updater.Updater, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			u, err = nil, ErrMetadataPanic
+		}
+	}()
+	u, err = updater.New(cfg)
 	if err != nil {
 		return nil, err
 	}
-	u.UnsafeSetRefTime(c.cfg.Now())
+	u.UnsafeSetRefTime(now)
 	if err := u.Refresh(); err != nil {
 		return nil, err
 	}
