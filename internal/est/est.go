@@ -124,6 +124,11 @@ type Event struct {
 	// Err is the reason for a failure: the CA's error or a protocol
 	// error. It never holds credentials.
 	Err error
+	// Decided is set when the CA decided the request (Enroll, Reenroll or
+	// ServerKeyGen was called); a failure without it was refused by the
+	// protocol checks (malformed or unsigned CSR, size, media type, ...),
+	// which the CA never saw and so could not audit.
+	Decided bool
 }
 
 // Observer receives an Event after each request. It runs on the request's

@@ -148,6 +148,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, ev *Event) (int,
 
 	var certs []*x509.Certificate
 	var key []byte
+	ev.Decided = true
 	switch op {
 	case wire.ESTSimpleEnroll:
 		certs, err = h.ca.Enroll(ctx, req)

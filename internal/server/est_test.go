@@ -209,7 +209,7 @@ func TestESTRefusals(t *testing.T) {
 				c, b, _ := e.post(t, "simpleenroll", "acme", tok, csrFor(t, newKey(t), "acme", "d-other"), nil)
 				return c, b
 			}},
-		"fail/bad-csr-signature": {device: "d-badsig", wantStatus: 400, wantMsg: "signature",
+		"fail/bad-csr-signature": {device: "d-badsig", wantStatus: 400, wantMsg: "signature", wantAudit: "signature",
 			run: func(t *testing.T) (int, string) {
 				csr := csrFor(t, newKey(t), "acme", "d-badsig")
 				csr[len(csr)-3] ^= 0x40

@@ -155,6 +155,7 @@ func (e *estCA) Enroll(ctx context.Context, r *est.Request) ([]*x509.Certificate
 	// issuance policy now so that a bad CSR costs the device nothing.
 	checked, err := pki.CheckParsedCSR(r.CSR)
 	if err != nil {
+		e.audit(ctx, "est:"+r.RemoteAddr, "est.enroll", tid, "device:"+device, audit.ResultDenied, "CSR refused: "+err.Error())
 		return nil, est.BadRequest("the CSR is not acceptable: "+err.Error(), err)
 	}
 	actor := "device:" + tid + "/" + device
@@ -339,4 +340,19 @@ func (e *estCA) Reenroll(ctx context.Context, r *est.Request) ([]*x509.Certifica
 		return nil, estIssueErr(err)
 	}
 	return append([]*x509.Certificate{iss.Cert}, iss.Chain...), nil
+}
+
+// auditESTProtocolRefusal records an enrollment the EST layer refused
+// before any credential was checked.
+func (s *Server) auditESTProtocolRefusal(ev est.Event) {
+	tid, _, _ := strings.Cut(ev.Label, ".")
+	if wire.ValidateTenantID(tid) != nil {
+		tid = ""
+	}
+	reason := fmt.Sprintf("HTTP %d", ev.Status)
+	if ev.Err != nil {
+		reason += ": " + ev.Err.Error()
+	}
+	ctx := context.Background()
+	(&estCA{s: s}).audit(ctx, "est:"+ev.RemoteAddr, "est."+ev.Op, tid, "", audit.ResultDenied, reason)
 }

@@ -210,6 +210,12 @@ func (s *Server) open(ctx context.Context) error {
 			s.log.Error("est request failed", "op", ev.Op, "label", ev.Label, "remote", ev.RemoteAddr, "status", ev.Status, "err", ev.Err)
 			return
 		}
+		if ev.Status >= 400 && !ev.Decided && (ev.Op == wire.ESTSimpleEnroll || ev.Op == wire.ESTSimpleReenroll) {
+			// Refused by the protocol checks before the CA saw it (a CSR
+			// whose signature does not verify, say): still a security
+			// decision, so audited and reported.
+			s.auditESTProtocolRefusal(ev)
+		}
 		s.log.Debug("est request", "op", ev.Op, "label", ev.Label, "remote", ev.RemoteAddr, "status", ev.Status)
 	}))
 	if err != nil {
