@@ -719,7 +719,7 @@ func (s *Server) RolloutStatus(ctx context.Context, tid, id string) (*api.Rollou
 	return rolloutStatus(l), nil
 }
 
-// ListRollouts lists the tenant's rollouts, newest state first by ID.
+// ListRollouts lists the tenant's rollouts by ID, without failure lists.
 func (s *Server) ListRollouts(ctx context.Context, tid string) ([]api.RolloutStatus, error) {
 	if _, err := s.store.GetTenant(ctx, tid); err != nil {
 		return nil, err
