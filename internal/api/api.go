@@ -71,7 +71,8 @@ type Deps struct {
 	Groups   Groups
 	MAC      MACAdmin
 	Attest   Attestation
-	OTA      OTA // ota.go
+	OTA      OTA      // ota.go
+	Rollouts Rollouts // rollout.go
 	Log      *slog.Logger
 	Now      func() time.Time
 }
@@ -114,6 +115,9 @@ func New(d Deps) *API {
 	}
 	if d.OTA != nil {
 		a.otaRoutes()
+	}
+	if d.Rollouts != nil {
+		a.rolloutRoutes()
 	}
 	return a
 }

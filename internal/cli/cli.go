@@ -118,7 +118,7 @@ On the server host, --data DIR finds all three in the data directory.`,
 	pf.StringVar(&a.cacert, "cacert", "", "CA bundle file (default $WARD_CACERT)")
 	pf.StringVar(&a.dataDir, "data", "", "data directory (server: where state lives; CLI on the server host: where to find address, CA and admin token)")
 	pf.StringVarP(&a.output, "output", "o", "text", "output format of read commands: text or json")
-	root.AddCommand(a.serverCmd(), a.demoCmd(), a.tenantCmd(), a.tokenCmd(), a.auditCmd(), a.whoamiCmd(), a.versionCmd(), a.caCmd(), a.certCmd(), a.eventCmd(), a.deviceCmd(), a.schemaCmd(), a.twinCmd(), a.policyCmd(), a.groupCmd(), a.releaseCmd())
+	root.AddCommand(a.serverCmd(), a.demoCmd(), a.tenantCmd(), a.tokenCmd(), a.auditCmd(), a.whoamiCmd(), a.versionCmd(), a.caCmd(), a.certCmd(), a.eventCmd(), a.deviceCmd(), a.schemaCmd(), a.twinCmd(), a.policyCmd(), a.groupCmd(), a.releaseCmd(), a.rolloutCmd())
 	return root
 }
 

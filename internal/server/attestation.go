@@ -141,6 +141,7 @@ func (s *Server) attestDevice(ctx context.Context, tenant, device string) (attes
 			break
 		}
 	}
+	s.rolloutAttestRelease(tenant, device, &dev) // rollout.go
 	return dev, nil
 }
 
@@ -271,6 +272,7 @@ func (s *Server) ingestAttestReply(ctx context.Context, id broker.Identity, rest
 func (s *Server) applyVerdict(ctx context.Context, dev attest.Device, v attest.Verdict, prevFailed bool) error {
 	reasons := strings.Join(v.Reasons, "; ")
 	target := "device:" + dev.ID
+	s.rolloutVerdict(dev, v) // rollout.go
 	switch v.Result {
 	case attest.Fail:
 		s.Monitor.Emit(monitor.Event{Type: monitor.AttestationFailed, Tenant: dev.Tenant, Device: dev.ID, Reason: reasons, Time: v.Time})

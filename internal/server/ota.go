@@ -448,6 +448,25 @@ func (s *Server) ListReleases(ctx context.Context, tid string) ([]api.Release, e
 // AssignRelease points the device's Director at the release's image for
 // its hardware model and pushes an OTA job to the device.
 func (s *Server) AssignRelease(ctx context.Context, actor, tid, device, release string) (*api.OTAAssignment, error) {
+	as, err := s.assignRelease(ctx, actor, tid, device, release)
+	if err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(wire.OTAJob{Release: release})
+	if err != nil {
+		return nil, err
+	}
+	perr := s.Gateway.Publish(tid, device, wire.TopicOTAJob, b, 1)
+	if perr != nil {
+		s.log.Debug("OTA job not published", "tenant", tid, "device", device, "err", perr)
+	}
+	as.Published = perr == nil
+	return as, nil
+}
+
+// assignRelease points the device's Director at the release without
+// publishing a job: rollouts publish their own (rollout.go).
+func (s *Server) assignRelease(ctx context.Context, actor, tid, device, release string) (*api.OTAAssignment, error) {
 	hw, err := s.deviceHardware(ctx, tid, device)
 	if errors.Is(err, errNoHardware) {
 		return nil, &api.Error{Status: http.StatusConflict, Title: "Conflict", Detail: err.Error()}
@@ -493,15 +512,7 @@ func (s *Server) AssignRelease(ctx context.Context, actor, tid, device, release 
 	if err := s.Audit(ctx, audit.Entry{Actor: actor, Action: "ota.assign", Target: target2, Tenant: tid, Detail: "release " + release + " (" + target + ")"}); err != nil {
 		return nil, err
 	}
-	b, err := json.Marshal(wire.OTAJob{Release: release})
-	if err != nil {
-		return nil, err
-	}
-	perr := s.Gateway.Publish(tid, device, wire.TopicOTAJob, b, 1)
-	if perr != nil {
-		s.log.Debug("OTA job not published", "tenant", tid, "device", device, "err", perr)
-	}
-	return &api.OTAAssignment{Device: device, Release: release, Target: target, Published: perr == nil}, nil
+	return &api.OTAAssignment{Device: device, Release: release, Target: target}, nil
 }
 
 // otaStatusRecord is the last status a device reported, as stored.
@@ -565,6 +576,7 @@ func (s *Server) ingestOTAStatus(ctx context.Context, id broker.Identity, rest s
 	if err := t.director.ReportFloor(ctx, id.Device, st.Floor); err != nil {
 		return err
 	}
+	s.rolloutStatus(ctx, id.Tenant, id.Device, *st) // rollout.go
 	// Audit what changed, not every repetition: a device reporting the
 	// same state again must not fill the audit log.
 	p := prev.Status

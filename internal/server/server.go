@@ -65,8 +65,9 @@ type Server struct {
 	DeviceAuth   *deviceauth.Server
 	deviceTokens *deviceauthsql.Store
 	serverCert   *tls.Certificate
-	attest       *attestState // attestation.go
-	ota          *otaState    // ota.go
+	attest       *attestState  // attestation.go
+	ota          *otaState     // ota.go
+	rollouts     *rolloutState // rollout.go
 	mqttLn       net.Listener
 
 	Twins         *twin.Service
@@ -205,6 +206,7 @@ func (s *Server) open(ctx context.Context) error {
 	if err := s.openOTA(); err != nil { // ota.go
 		return err
 	}
+	s.openRollouts() // rollout.go
 	s.EST, err = est.New(&estCA{s: s, renewGrace: s.cfg.RenewGrace}, est.WithObserver(func(ev est.Event) {
 		if ev.Status >= 500 {
 			s.log.Error("est request failed", "op", ev.Op, "label", ev.Label, "remote", ev.RemoteAddr, "status", ev.Status, "err", ev.Err)
@@ -221,7 +223,7 @@ func (s *Server) open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.API = api.New(api.Deps{Store: s.store, Tenants: s.Tenants, Tokens: s.Tokens, PKI: s.PKI, CAKeys: s.caKeys, Monitor: s.Monitor, Fleet: s.Fleet, Schemas: s, Twins: s, Policies: s, Groups: s, MAC: s, Attest: s, OTA: s, Log: s.log, Now: s.now})
+	s.API = api.New(api.Deps{Store: s.store, Tenants: s.Tenants, Tokens: s.Tokens, PKI: s.PKI, CAKeys: s.caKeys, Monitor: s.Monitor, Fleet: s.Fleet, Schemas: s, Twins: s, Policies: s, Groups: s, MAC: s, Attest: s, OTA: s, Rollouts: s, Log: s.log, Now: s.now})
 	return s.firstStart(ctx)
 }
 
@@ -373,8 +375,9 @@ func (s *Server) Start(ctx context.Context) error {
 	s.cancel = cancel
 	go s.PKI.Run(runCtx)
 	go s.pruneLoop(runCtx)
-	go s.attestLoop(runCtx) // attestation.go
-	go s.otaLoop(runCtx)    // ota.go
+	go s.attestLoop(runCtx)  // attestation.go
+	go s.otaLoop(runCtx)     // ota.go
+	go s.rolloutLoop(runCtx) // rollout.go
 
 	mux := http.NewServeMux()
 	mux.Handle("/api/v1/", s.API.Handler())
