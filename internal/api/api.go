@@ -166,6 +166,9 @@ func (a *API) Handle(pattern string, perm tenant.Perm, scope Scope, summary stri
 				Detail: fmt.Sprintf("this token (role %s) may not %s here", p.Role, perm)})
 			return
 		}
+		if slot, ok := r.Context().Value(slotKey{}).(**tenant.Principal); ok {
+			*slot = p
+		}
 		ctx := audit.WithActor(withPrincipal(r.Context(), p), p.Actor())
 		if err := h(w, r.WithContext(ctx), p); err != nil {
 			WriteError(w, r, a.d.Log, err)
@@ -200,6 +203,16 @@ func (a *API) denied(r *http.Request, p *tenant.Principal, perm tenant.Perm, tar
 }
 
 type principalKey struct{}
+
+type slotKey struct{}
+
+// WithPrincipalSlot returns a context in which the API records the
+// authenticated principal for the caller that made the context (the
+// server's access log, which wraps the API handler), and a getter.
+func WithPrincipalSlot(ctx context.Context) (context.Context, func() *tenant.Principal) {
+	var p *tenant.Principal
+	return context.WithValue(ctx, slotKey{}, &p), func() *tenant.Principal { return p }
+}
 
 func withPrincipal(ctx context.Context, p *tenant.Principal) context.Context {
 	return context.WithValue(ctx, principalKey{}, p)

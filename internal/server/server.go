@@ -549,14 +549,15 @@ func (s *Server) accessLog(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w, status: 200}
-		h.ServeHTTP(sw, r)
+		ctx, principal := api.WithPrincipalSlot(r.Context())
+		h.ServeHTTP(sw, r.WithContext(ctx))
 		path := r.URL.Path
 		if len(path) > 200 {
 			path = path[:200]
 		}
 		attrs := []any{"method", r.Method, "path", strings.ToValidUTF8(path, "?"), "status", sw.status,
 			"ms", float64(time.Since(start).Microseconds()) / 1000, "remote", r.RemoteAddr}
-		if p := api.PrincipalFrom(r.Context()); p != nil {
+		if p := principal(); p != nil {
 			attrs = append(attrs, "token_id", p.TokenID)
 		}
 		s.log.Debug("http request", attrs...)

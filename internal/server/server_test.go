@@ -111,8 +111,8 @@ func TestSecretsNeverLogged(t *testing.T) {
 	}
 	srv.Close()
 	out := logs.String()
-	if !strings.Contains(out, "http request") {
-		t.Fatal("debug access log missing: the test would prove nothing")
+	if !strings.Contains(out, "http request") || !strings.Contains(out, `"token_id"`) {
+		t.Fatal("debug access log (with token IDs) missing: the test would prove nothing")
 	}
 	needles := map[string]string{
 		"kek (hex)":    hex.EncodeToString(kek),
