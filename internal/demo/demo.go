@@ -171,6 +171,9 @@ func Run(ctx context.Context, out io.Writer, o Options) (err error) {
 	if err := r.attestation(ctx, srv, admin, dir, caPEM, lab); err != nil {
 		return err
 	}
+	if err := r.ota(ctx, srv, admin, op, dir, caPEM); err != nil {
+		return err
+	}
 
 	r.say("Verifying the hash-chained audit log")
 	var v api.AuditVerification

@@ -24,7 +24,9 @@ func TestDemo(t *testing.T) {
 	if err := demo.Run(context.Background(), &out, demo.Options{}); err != nil {
 		t.Fatalf("demo failed: %v\n%s", err, out.String())
 	}
-	want := []string{"403", "401", "chain intact", "Demo complete"}
+	want := []string{"403", "401", "chain intact", "Demo complete",
+		"downloaded the", "canary: 2 devices, 2 succeeded", "→ rollout completed",
+		"firmware self-test failed", "paused by itself", "2 rolled back", "never received a job for fw@1.2"}
 	if len(missing) == 0 {
 		want = append(want, "gw-good → pass", "gw-tampered → fail", `state "quarantined"`,
 			"simplereenroll → 403", "attestation.failed, attestation.renewal_refused")
