@@ -3,7 +3,9 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"mime"
 	"net/http"
 	"strconv"
 	"time"
@@ -25,13 +27,27 @@ type OTA interface {
 	// OTAState returns what the server knows of the device's updates (nil
 	// if nothing).
 	OTAState(ctx context.Context, tenant, device string) (*OTAState, error)
+	// InitOfflineTargets makes the tenant's Image repository trust only
+	// the given offline targets keys (a new root version); from then on
+	// releases wait for `ward release sign` and CommitTargets.
+	InitOfflineTargets(ctx context.Context, actor, tenant string, req OfflineTargetsRequest) (*OfflineTargets, error)
+	// PendingTargets returns the unsigned targets metadata awaiting
+	// offline signatures.
+	PendingTargets(ctx context.Context, tenant string) ([]byte, error)
+	// CommitTargets imports targets metadata signed offline; it is
+	// refused below the targets threshold.
+	CommitTargets(ctx context.Context, actor, tenant string, signed []byte) (*TargetsCommitted, error)
 }
 
 // ReleaseSpec describes a release to publish; the image is the request
-// body.
+// body (or its "image" part).
 type ReleaseSpec struct {
 	Name, Version, HardwareID string
 	SecurityVersion           uint64
+	// SBOM (CycloneDX JSON), RefValues (attestation reference values) and
+	// RefValuesSig (their signature by the tenant's reference-value key)
+	// are optional multipart parts; each becomes a target of the release.
+	SBOM, RefValues, RefValuesSig []byte
 }
 
 // Release is one published image.
@@ -44,7 +60,14 @@ type Release struct {
 	Length          int64    `json:"length"`
 	SHA256          string   `json:"sha256"`
 	Manifest        string   `json:"manifest,omitempty"`
+	SBOM            string   `json:"sbom,omitempty"`
+	RefValues       string   `json:"refvalues,omitempty"`
 	Deltas          []string `json:"deltas,omitempty"`
+	// PendingTargets is set when the tenant's targets keys are offline:
+	// the unsigned targets metadata (TUF JSON, exact bytes) to sign with
+	// `ward release sign` and import with `ward release commit`. The
+	// release is not served until then.
+	PendingTargets []byte `json:"pending_targets,omitempty"`
 }
 
 // AssignRequest is the body of an assignment.
@@ -79,10 +102,23 @@ type OTAState struct {
 // a larger image anyway (ota.MaxImageSize), this stops the read early.
 const MaxReleaseUpload = 1 << 30
 
+const (
+	// MaxSBOMUpload bounds the "sbom" part of a release upload; it equals
+	// the Image repository's limit on side files.
+	MaxSBOMUpload = 16 << 20
+	// MaxRefValuesUpload bounds the "refvalues" part; the attestation
+	// verifier refuses larger documents (attest.MaxRefValuesSize).
+	MaxRefValuesUpload = 64 << 10
+	// maxRefValuesSigUpload bounds the signature part: an Ed25519 or
+	// ECDSA signature is under 100 bytes.
+	maxRefValuesSigUpload = 1 << 10
+)
+
 func (a *API) otaRoutes() {
 	a.Handle("POST /api/v1/tenants/{tenant}/releases", tenant.PermWrite, ScopeTenant, "Publish a release: the body is the image (application/octet-stream); name, version, hw and security_version in the query", a.publishRelease)
 	a.Handle("GET /api/v1/tenants/{tenant}/releases", tenant.PermRead, ScopeTenant, "List published releases", a.listReleases)
 	a.Handle("POST /api/v1/tenants/{tenant}/devices/{device}/ota/assign", tenant.PermWrite, ScopeTenant, "Assign a release to a device (its Director repository) and push the OTA job", a.assignRelease)
+	a.otaOfflineRoutes() // otaoffline.go
 }
 
 func (a *API) publishRelease(w http.ResponseWriter, r *http.Request, p *tenant.Principal) error {
@@ -96,11 +132,18 @@ func (a *API) publishRelease(w http.ResponseWriter, r *http.Request, p *tenant.P
 		return Invalid(errors.New("security_version must be a non-negative integer"))
 	}
 	spec.SecurityVersion = sv
-	if r.ContentLength > MaxReleaseUpload {
+	if r.ContentLength > MaxReleaseUpload+MaxSBOMUpload+MaxRefValuesUpload+maxRefValuesSigUpload+64<<10 {
 		return &Error{Status: http.StatusRequestEntityTooLarge, Title: "Request too large", Detail: "the image is larger than the 1 GiB limit"}
 	}
-	body := http.MaxBytesReader(w, r.Body, MaxReleaseUpload)
-	rel, err := a.d.OTA.PublishRelease(r.Context(), p.Actor(), r.PathValue("tenant"), spec, body)
+	var image io.Reader
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == "multipart/form-data" {
+		if image, err = releaseParts(w, r, &spec); err != nil {
+			return err
+		}
+	} else {
+		image = http.MaxBytesReader(w, r.Body, MaxReleaseUpload)
+	}
+	rel, err := a.d.OTA.PublishRelease(r.Context(), p.Actor(), r.PathValue("tenant"), spec, image)
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -110,6 +153,59 @@ func (a *API) publishRelease(w http.ResponseWriter, r *http.Request, p *tenant.P
 	}
 	WriteJSON(w, http.StatusCreated, rel)
 	return nil
+}
+
+// releaseParts reads a multipart release upload: the optional small parts
+// "sbom", "refvalues" and "refvalues_sig" first (each bounded), then
+// "image", which is returned unread so a large image streams to storage.
+func releaseParts(w http.ResponseWriter, r *http.Request, spec *ReleaseSpec) (io.Reader, error) {
+	r.Body = http.MaxBytesReader(w, r.Body, MaxReleaseUpload+MaxSBOMUpload+MaxRefValuesUpload+maxRefValuesSigUpload+64<<10)
+	mr, err := r.MultipartReader()
+	if err != nil {
+		return nil, Invalid(fmt.Errorf("multipart body: %w", err))
+	}
+	for {
+		part, err := mr.NextPart()
+		if err == io.EOF {
+			return nil, Invalid(errors.New("multipart body has no \"image\" part"))
+		}
+		if err != nil {
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				return nil, &Error{Status: http.StatusRequestEntityTooLarge, Title: "Request too large", Detail: "the upload is larger than the limit"}
+			}
+			return nil, Invalid(fmt.Errorf("multipart body: %w", err))
+		}
+		var dst *[]byte
+		var limit int64
+		switch part.FormName() {
+		case "image":
+			return io.LimitReader(part, MaxReleaseUpload+1), nil
+		case "sbom":
+			dst, limit = &spec.SBOM, MaxSBOMUpload
+		case "refvalues":
+			dst, limit = &spec.RefValues, MaxRefValuesUpload
+		case "refvalues_sig":
+			dst, limit = &spec.RefValuesSig, maxRefValuesSigUpload
+		default:
+			return nil, Invalid(fmt.Errorf("unknown part %q: want sbom, refvalues, refvalues_sig, then image", part.FormName()))
+		}
+		if *dst != nil {
+			return nil, Invalid(fmt.Errorf("part %q given twice", part.FormName()))
+		}
+		b, err := io.ReadAll(io.LimitReader(part, limit+1))
+		if err != nil {
+			return nil, Invalid(fmt.Errorf("part %q: %w", part.FormName(), err))
+		}
+		if int64(len(b)) > limit {
+			return nil, &Error{Status: http.StatusRequestEntityTooLarge, Title: "Request too large",
+				Detail: fmt.Sprintf("part %q is larger than %d bytes", part.FormName(), limit)}
+		}
+		if len(b) == 0 {
+			b = []byte{} // present but empty: the server refuses it
+		}
+		*dst = b
+	}
 }
 
 func (a *API) listReleases(w http.ResponseWriter, r *http.Request, p *tenant.Principal) error {

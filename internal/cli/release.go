@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime/multipart"
 	"net/http"
 	"net/url"
 	"os"
@@ -24,10 +25,14 @@ import (
 // small requests.
 const uploadTimeout = 15 * time.Minute
 
+// maxUploadAnswer bounds the answer to an upload: it may carry pending
+// targets metadata (at most api.MaxTargetsMetadata, base64 in JSON).
+const maxUploadAnswer = 8 << 20
+
 // releaseOTACmds are the OTA verbs of `ward release`: publish, list and
 // assign (a direct assignment to one device; rollouts come later).
 func (a *app) releaseOTACmds() []*cobra.Command {
-	var tenantID, name, version, hw, image, device, release string
+	var tenantID, name, version, hw, image, device, release, sbomFile, rvFile, rvSigFile, pendingOut string
 	var sv uint64
 	publish := &cobra.Command{
 		Use: "publish", Short: "Publish a release to the tenant's Image repository", Args: cobra.NoArgs,
@@ -53,20 +58,64 @@ func (a *app) releaseOTACmds() []*cobra.Command {
 			if fi.Size() > api.MaxReleaseUpload {
 				return fmt.Errorf("%s is %d bytes, over the 1 GiB limit", image, fi.Size())
 			}
+			if (rvFile == "") != (rvSigFile == "") {
+				return usageError{errors.New("--refvalues and --refvalues-sig go together (sign the reference values with the tenant's reference-value key)")}
+			}
+			var parts []releasePart
+			for _, sp := range []struct {
+				name, file string
+				limit      int64
+			}{{"sbom", sbomFile, api.MaxSBOMUpload}, {"refvalues", rvFile, api.MaxRefValuesUpload}, {"refvalues_sig", rvSigFile, maxRefValuesFile}} {
+				if sp.file == "" {
+					continue
+				}
+				b, err := readSmallFile(sp.file, sp.limit)
+				if err != nil {
+					return err
+				}
+				parts = append(parts, releasePart{sp.name, b})
+			}
 			cl, err := a.client()
 			if err != nil {
 				return err
 			}
 			q := url.Values{"name": {name}, "version": {version}, "hw": {hw}, "security_version": {strconv.FormatUint(sv, 10)}}
 			var rel api.Release
-			if err := upload(c, cl, tenantPath(tenantID)+"/releases?"+q.Encode(), f, fi.Size(), &rel); err != nil {
+			path := tenantPath(tenantID) + "/releases?" + q.Encode()
+			if len(parts) == 0 {
+				err = upload(c, cl, path, "application/octet-stream", f, fi.Size(), &rel)
+			} else {
+				err = uploadParts(c, cl, path, parts, f, &rel)
+			}
+			if err != nil {
 				return err
 			}
+			if rel.PendingTargets != nil {
+				if pendingOut == "" {
+					return errors.New("the tenant's targets keys are offline: pass --out FILE to receive the unsigned targets metadata (or fetch it with ward release pending)")
+				}
+				if err := writeNewFile(pendingOut, rel.PendingTargets); err != nil {
+					return err
+				}
+			}
 			return a.emit(rel, func(w *tabwriter.Writer) {
-				fmt.Fprintf(w, "release\t%s for %s published\ncounter\t%d\nsecurity version\t%d\nimage\t%s (%d bytes, sha256 %s)\n",
-					rel.Release, rel.HardwareID, rel.ReleaseCounter, rel.SecurityVersion, rel.Target, rel.Length, rel.SHA256)
+				state := "published"
+				if rel.PendingTargets != nil {
+					state = "staged, awaiting offline signatures"
+				}
+				fmt.Fprintf(w, "release\t%s for %s %s\ncounter\t%d\nsecurity version\t%d\nimage\t%s (%d bytes, sha256 %s)\n",
+					rel.Release, rel.HardwareID, state, rel.ReleaseCounter, rel.SecurityVersion, rel.Target, rel.Length, rel.SHA256)
 				for _, d := range rel.Deltas {
 					fmt.Fprintf(w, "delta\t%s\n", d)
+				}
+				if rel.SBOM != "" {
+					fmt.Fprintf(w, "sbom\t%s\n", rel.SBOM)
+				}
+				if rel.RefValues != "" {
+					fmt.Fprintf(w, "reference values\t%s (imported for attestation)\n", rel.RefValues)
+				}
+				if rel.PendingTargets != nil {
+					fmt.Fprintf(w, "pending targets\t%s: sign offline with ward release sign, then ward release commit\n", pendingOut)
 				}
 			})
 		},
@@ -76,6 +125,10 @@ func (a *app) releaseOTACmds() []*cobra.Command {
 	publish.Flags().StringVar(&hw, "hw", "", "hardware model the image is for")
 	publish.Flags().Uint64Var(&sv, "security-version", 0, "anti-rollback security version")
 	publish.Flags().StringVar(&image, "image", "", "image file")
+	publish.Flags().StringVar(&sbomFile, "sbom", "", "CycloneDX JSON SBOM of the image (a target of the release)")
+	publish.Flags().StringVar(&rvFile, "refvalues", "", "attestation reference values JSON (a target of the release, imported into the verifier)")
+	publish.Flags().StringVar(&rvSigFile, "refvalues-sig", "", "signature of --refvalues by the tenant's reference-value key (raw bytes)")
+	publish.Flags().StringVar(&pendingOut, "out", "", "with offline targets keys: where to write the unsigned targets metadata")
 	list := &cobra.Command{
 		Use: "list", Short: "List published releases", Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
@@ -129,18 +182,53 @@ func (a *app) releaseOTACmds() []*cobra.Command {
 	for _, c := range cmds {
 		c.Flags().StringVar(&tenantID, "tenant", "", "tenant ID")
 	}
-	return cmds
+	return append(cmds, a.releaseOfflineCmds()...) // releaseoffline.go
 }
 
-// upload POSTs body as application/octet-stream and decodes the JSON
-// answer, with a timeout fit for an image.
-func upload(c *cobra.Command, cl *client.Client, path string, body io.Reader, size int64, out any) error {
+// releasePart is a small part of a multipart release upload.
+type releasePart struct {
+	name string
+	data []byte
+}
+
+// uploadParts POSTs the small parts then the image as multipart/form-data,
+// streaming the image through a pipe rather than holding it in memory.
+func uploadParts(c *cobra.Command, cl *client.Client, path string, parts []releasePart, image io.Reader, out any) error {
+	pr, pw := io.Pipe()
+	mw := multipart.NewWriter(pw)
+	go func() {
+		for _, p := range parts {
+			w, err := mw.CreateFormFile(p.name, p.name)
+			if err == nil {
+				_, err = w.Write(p.data)
+			}
+			if err != nil {
+				pw.CloseWithError(err)
+				return
+			}
+		}
+		w, err := mw.CreateFormFile("image", "image")
+		if err == nil {
+			_, err = io.Copy(w, image)
+		}
+		if err == nil {
+			err = mw.Close()
+		}
+		pw.CloseWithError(err)
+	}()
+	defer pr.Close()
+	return upload(c, cl, path, mw.FormDataContentType(), pr, -1, out)
+}
+
+// upload POSTs body with the content type and decodes the JSON answer,
+// with a timeout fit for an image. size -1 means unknown (chunked).
+func upload(c *cobra.Command, cl *client.Client, path, contentType string, body io.Reader, size int64, out any) error {
 	req, err := http.NewRequestWithContext(c.Context(), http.MethodPost, cl.Base+path, body)
 	if err != nil {
 		return err
 	}
 	req.ContentLength = size
-	req.Header.Set("Content-Type", "application/octet-stream")
+	req.Header.Set("Content-Type", contentType)
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("Authorization", "Bearer "+cl.Token)
 	hc := *cl.HTTP
@@ -150,7 +238,7 @@ func upload(c *cobra.Command, cl *client.Client, path string, body io.Reader, si
 		return fmt.Errorf("cannot reach the Ward API at %s: %w", cl.Base, err)
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxUploadAnswer))
 	if err != nil {
 		return err
 	}
