@@ -627,7 +627,13 @@ func (s *Server) tickRollout(ctx context.Context, tid, id string) error {
 		if err != nil {
 			return err
 		}
-		s.log.Debug("rollout health verdict", "tenant", tid, "rollout", id, "device", v.h.Device, "verdict", v.why)
+		if v.why == "healthy" {
+			s.log.Debug("rollout health verdict", "tenant", tid, "rollout", id, "device", v.h.Device, "verdict", v.why)
+		} else {
+			// The operator sees "health gate: ..." in the audit log; the
+			// detail (which event, which attestation result) is here.
+			s.log.Warn("rollout health gate failed", "tenant", tid, "rollout", id, "device", v.h.Device, "verdict", v.why)
+		}
 		if err := s.advance(ctx, l, acts, true); err != nil {
 			return err
 		}
