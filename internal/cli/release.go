@@ -82,11 +82,13 @@ func (a *app) releaseOTACmds() []*cobra.Command {
 			q := url.Values{"name": {name}, "version": {version}, "hw": {hw}, "security_version": {strconv.FormatUint(sv, 10)}}
 			var rel api.Release
 			path := tenantPath(tenantID) + "/releases?" + q.Encode()
+			pr := newUploadProgress(f, fi.Size(), a.stderr)
 			if len(parts) == 0 {
-				err = upload(c, cl, path, "application/octet-stream", f, fi.Size(), &rel)
+				err = upload(c, cl, path, "application/octet-stream", pr, fi.Size(), &rel)
 			} else {
-				err = uploadParts(c, cl, path, parts, f, &rel)
+				err = uploadParts(c, cl, path, parts, pr, &rel)
 			}
+			pr.stop()
 			if err != nil {
 				return err
 			}
