@@ -37,6 +37,34 @@ type OTA interface {
 	// CommitTargets imports targets metadata signed offline; it is
 	// refused below the targets threshold.
 	CommitTargets(ctx context.Context, actor, tenant string, signed []byte) (*TargetsCommitted, error)
+	// MinSecurityVersion returns the tenant's minimum security version.
+	MinSecurityVersion(ctx context.Context, tenant string) (*MinSecurityVersion, error)
+	// RaiseMinSecurityVersion raises it (it never goes down) and re-signs
+	// every device's Director assignment with it.
+	RaiseMinSecurityVersion(ctx context.Context, actor, tenant string, v uint64) (*MinSecurityVersion, error)
+}
+
+// MinSecurityVersion is the tenant's minimum security version: no device
+// is assigned an image below it, and each device's Director metadata
+// carries it so the agent raises its anti-rollback floor to it.
+type MinSecurityVersion struct {
+	MinSecurityVersion uint64 `json:"min_security_version"`
+	// After a raise: the devices whose assignment was re-signed with the
+	// new minimum, and those assigned an image below it, which keep their
+	// old metadata until they are assigned (or rolled out) a fixed release.
+	Restaged []string        `json:"restaged,omitempty"`
+	Below    []DeviceProblem `json:"below_minimum,omitempty"`
+}
+
+// DeviceProblem names a device and what is wrong with it.
+type DeviceProblem struct {
+	Device string `json:"device"`
+	Detail string `json:"detail"`
+}
+
+// MinSecurityVersionRequest is the body of a raise.
+type MinSecurityVersionRequest struct {
+	MinSecurityVersion *uint64 `json:"min_security_version"`
 }
 
 // ReleaseSpec describes a release to publish; the image is the request
@@ -118,7 +146,34 @@ func (a *API) otaRoutes() {
 	a.Handle("POST /api/v1/tenants/{tenant}/releases", tenant.PermWrite, ScopeTenant, "Publish a release: the body is the image (application/octet-stream); name, version, hw and security_version in the query", a.publishRelease)
 	a.Handle("GET /api/v1/tenants/{tenant}/releases", tenant.PermRead, ScopeTenant, "List published releases", a.listReleases)
 	a.Handle("POST /api/v1/tenants/{tenant}/devices/{device}/ota/assign", tenant.PermWrite, ScopeTenant, "Assign a release to a device (its Director repository) and push the OTA job", a.assignRelease)
+	a.Handle("GET /api/v1/tenants/{tenant}/ota/min-security-version", tenant.PermRead, ScopeTenant, "The tenant's minimum security version", a.getMinSV)
+	a.Handle("PUT /api/v1/tenants/{tenant}/ota/min-security-version", tenant.PermWrite, ScopeTenant, "Raise the tenant's minimum security version (it never goes down) and re-sign every device's assignment with it", a.raiseMinSV)
 	a.otaOfflineRoutes() // otaoffline.go
+}
+
+func (a *API) getMinSV(w http.ResponseWriter, r *http.Request, _ *tenant.Principal) error {
+	m, err := a.d.OTA.MinSecurityVersion(r.Context(), r.PathValue("tenant"))
+	if err != nil {
+		return err
+	}
+	WriteJSON(w, http.StatusOK, m)
+	return nil
+}
+
+func (a *API) raiseMinSV(w http.ResponseWriter, r *http.Request, p *tenant.Principal) error {
+	var req MinSecurityVersionRequest
+	if err := Decode(w, r, &req); err != nil {
+		return err
+	}
+	if req.MinSecurityVersion == nil {
+		return Invalid(errors.New("body must be {\"min_security_version\": N}"))
+	}
+	m, err := a.d.OTA.RaiseMinSecurityVersion(r.Context(), p.Actor(), r.PathValue("tenant"), *req.MinSecurityVersion)
+	if err != nil {
+		return err
+	}
+	WriteJSON(w, http.StatusOK, m)
+	return nil
 }
 
 func (a *API) publishRelease(w http.ResponseWriter, r *http.Request, p *tenant.Principal) error {

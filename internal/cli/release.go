@@ -180,7 +180,48 @@ func (a *app) releaseOTACmds() []*cobra.Command {
 	}
 	assign.Flags().StringVar(&device, "device", "", "device ID")
 	assign.Flags().StringVar(&release, "release", "", "release NAME@VERSION")
-	cmds := []*cobra.Command{publish, list, assign}
+	minSV := &cobra.Command{
+		Use:   "min-security-version [N]",
+		Short: "Show or raise the tenant's minimum security version (it never goes down)",
+		Long: `Without N, print the tenant's minimum security version. With N, raise it:
+no device is then assigned an image below N, every device's assignment is
+re-signed with it (the agent raises its anti-rollback floor to it), and the
+devices assigned an image below N are listed: give them a fixed release.
+Refused if N is lower than the current minimum or above every published release.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			if err := requireTenant(tenantID); err != nil {
+				return err
+			}
+			var body any
+			method := "GET"
+			if len(args) == 1 {
+				v, err := strconv.ParseUint(args[0], 10, 64)
+				if err != nil {
+					return usageError{fmt.Errorf("N must be a non-negative integer, not %q", args[0])}
+				}
+				method, body = "PUT", api.MinSecurityVersionRequest{MinSecurityVersion: &v}
+			}
+			cl, err := a.client()
+			if err != nil {
+				return err
+			}
+			var m api.MinSecurityVersion
+			if err := cl.Do(c.Context(), method, tenantPath(tenantID)+"/ota/min-security-version", body, &m); err != nil {
+				return err
+			}
+			return a.emit(m, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "minimum security version\t%d\n", m.MinSecurityVersion)
+				if method == "PUT" {
+					fmt.Fprintf(w, "assignments re-signed\t%d\n", len(m.Restaged))
+				}
+				for _, b := range m.Below {
+					fmt.Fprintf(w, "below the minimum\t%s: %s\n", b.Device, b.Detail)
+				}
+			})
+		},
+	}
+	cmds := []*cobra.Command{publish, list, assign, minSV}
 	for _, c := range cmds {
 		c.Flags().StringVar(&tenantID, "tenant", "", "tenant ID")
 	}

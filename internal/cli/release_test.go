@@ -77,4 +77,20 @@ func TestReleasePublishListAssign(t *testing.T) {
 	if code != 1 || !strings.Contains(errs, "404") {
 		t.Fatalf("assign to an unknown device: %d %s", code, errs)
 	}
+	// The tenant minimum security version: shown, raised, never lowered.
+	minSV := func(args ...string) (int, string, string) {
+		return run(t, append([]string{"--data", dir, "release", "min-security-version", "--tenant", "acme"}, args...)...)
+	}
+	if code, out, errs := minSV(); code != 0 || !strings.Contains(out, "minimum security version  0") {
+		t.Fatalf("show: %d %q %s", code, out, errs)
+	}
+	if code, out, errs := minSV("1"); code != 0 || !strings.Contains(out, "minimum security version  1") || !strings.Contains(out, "assignments re-signed     0") {
+		t.Fatalf("raise: %d %q %s", code, out, errs)
+	}
+	if code, _, errs := minSV("0"); code != 1 || !strings.Contains(errs, "only goes up") {
+		t.Fatalf("lower: %d %s", code, errs)
+	}
+	if code, _, errs := minSV("x"); code != 2 || !strings.Contains(errs, "non-negative integer") {
+		t.Fatalf("bad N: %d %s", code, errs)
+	}
 }

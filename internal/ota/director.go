@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"sync"
 	"time"
 
@@ -225,6 +226,29 @@ func (d *Director) Assign(ctx context.Context, device string, targets ...string)
 		return nil
 	})
 	return err
+}
+
+// Restage signs the device's current assignment again, so that it carries
+// the minimum security version in force now (after the tenant raised
+// it). A device without a Director repository is left alone (false). An
+// assigned image below the new minimum is not re-signed: the error wraps
+// [ErrBelowFloor] and the device keeps its metadata until it is assigned
+// a release at or above the minimum.
+func (d *Director) Restage(ctx context.Context, device string) (bool, error) {
+	if err := wire.ValidateDeviceID(device); err != nil {
+		return false, err
+	}
+	if _, err := d.cfg.Store.Get(ctx, "director/"+device+"/root.json"); errors.Is(err, tufrepo.ErrNotFound) {
+		return false, nil
+	} else if err != nil {
+		return false, err
+	}
+	targets, err := d.Assigned(ctx, device)
+	if err != nil || len(targets) == 0 {
+		return false, err
+	}
+	sort.Strings(targets)
+	return true, d.Assign(ctx, device, targets...)
 }
 
 // Assigned returns the target paths the device's Director names now.

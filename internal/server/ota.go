@@ -201,9 +201,93 @@ func (d otaDevices) HardwareID(ctx context.Context, device string) (string, erro
 	return d.s.deviceHardware(ctx, d.tenant, device)
 }
 
-// MinSecurityVersion: a tenant-wide minimum is not configurable yet, so
-// only the device's own reported floor bounds assignments.
-func (d otaDevices) MinSecurityVersion(context.Context, string) (uint64, error) { return 0, nil }
+// MinSecurityVersion is the tenant's minimum (the Director also keeps
+// the device's own reported floor).
+func (d otaDevices) MinSecurityVersion(ctx context.Context, _ string) (uint64, error) {
+	return d.s.otaFloors(d.tenant).TenantMinimum(ctx)
+}
+
+// MinSecurityVersion implements api.OTA.
+func (s *Server) MinSecurityVersion(ctx context.Context, tid string) (*api.MinSecurityVersion, error) {
+	if _, err := s.store.GetTenant(ctx, tid); err != nil {
+		return nil, err
+	}
+	v, err := s.otaFloors(tid).TenantMinimum(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &api.MinSecurityVersion{MinSecurityVersion: v}, nil
+}
+
+// RaiseMinSecurityVersion implements api.OTA: after a vulnerable release
+// is withdrawn the operator raises the minimum; it never goes down (a
+// lower value is refused, not ignored, so a typo is noticed), and it must
+// not exceed every published release, or no device could be assigned
+// anything. Every device's Director assignment is re-signed with it.
+func (s *Server) RaiseMinSecurityVersion(ctx context.Context, actor, tid string, v uint64) (*api.MinSecurityVersion, error) {
+	cur, err := s.MinSecurityVersion(ctx, tid)
+	if err != nil {
+		return nil, err
+	}
+	target := "tenant:" + tid
+	deny := func(detail string) (*api.MinSecurityVersion, error) {
+		_ = s.Audit(ctx, audit.Entry{Actor: actor, Action: "ota.min_security_version", Target: target, Tenant: tid, Result: audit.ResultDenied, Detail: detail})
+		return nil, &api.Error{Status: http.StatusConflict, Title: "Minimum security version not raised", Detail: detail}
+	}
+	if v < cur.MinSecurityVersion {
+		return deny(fmt.Sprintf("the minimum security version only goes up: it is %d, %d was asked", cur.MinSecurityVersion, v))
+	}
+	rs, err := s.ListReleases(ctx, tid)
+	if err != nil {
+		return nil, err
+	}
+	var top uint64
+	for _, r := range rs {
+		top = max(top, r.SecurityVersion)
+	}
+	if v > top {
+		return deny(fmt.Sprintf("no published release has security version %d or higher (highest: %d); publish the fixed release first", v, top))
+	}
+	t, err := s.tenantOTA(ctx, tid)
+	if err != nil {
+		return nil, err
+	}
+	now, err := t.floors.RaiseTenantMinimum(ctx, v)
+	if err != nil {
+		return nil, err
+	}
+	out := &api.MinSecurityVersion{MinSecurityVersion: now}
+	var errs []error
+	for after := ""; ; {
+		devs, err := s.store.ListDevices(ctx, store.DeviceFilter{Tenant: tid, After: after, Limit: 1000})
+		if err != nil {
+			return nil, err
+		}
+		for _, d := range devs {
+			ok, err := t.director.Restage(ctx, d.ID)
+			switch {
+			case errors.Is(err, ota.ErrBelowFloor):
+				out.Below = append(out.Below, api.DeviceProblem{Device: d.ID, Detail: strings.TrimPrefix(err.Error(), "ota: ")})
+			case err != nil:
+				errs = append(errs, fmt.Errorf("re-sign the assignment of %s: %w", d.ID, err))
+			case ok:
+				out.Restaged = append(out.Restaged, d.ID)
+			}
+		}
+		if len(devs) < 1000 {
+			break
+		}
+		after = devs[len(devs)-1].ID
+	}
+	detail := fmt.Sprintf("from %d to %d; %d assignments re-signed, %d below the minimum", cur.MinSecurityVersion, now, len(out.Restaged), len(out.Below))
+	if err := s.Audit(ctx, audit.Entry{Actor: actor, Action: "ota.min_security_version", Target: target, Tenant: tid, Detail: detail}); err != nil {
+		return nil, err
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
 
 // errNoHardware means the device never said which hardware model it is.
 var errNoHardware = errors.New("the device has no hardware model: set its hw_model tag (provisioning template) or let it report firmware.hw_model in its twin")

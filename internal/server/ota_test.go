@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -383,4 +384,144 @@ func TestOTARepositoryAccess(t *testing.T) {
 func isProblem(err error, code int) bool {
 	var p *client.Problem
 	return errors.As(err, &p) && p.Status == code
+}
+
+// directorMinSV is the minSecurityVersion the device's Director targets
+// metadata carries for each target, as the device fetches it.
+func (d *otaDevice) directorMinSV() map[string]uint64 {
+	d.t.Helper()
+	resp, err := d.http.Get("https://" + d.e.srv.APIAddr() + wire.OTADirectorPath + d.id + "/targets.json")
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var tm struct {
+		Signed struct {
+			Targets map[string]struct {
+				Custom struct {
+					MinSV *uint64 `json:"minSecurityVersion"`
+				} `json:"custom"`
+			} `json:"targets"`
+		} `json:"signed"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&tm); err != nil || resp.StatusCode != http.StatusOK {
+		d.t.Fatalf("director targets of %s: %d %v", d.id, resp.StatusCode, err)
+	}
+	out := map[string]uint64{}
+	for p, tf := range tm.Signed.Targets {
+		if tf.Custom.MinSV == nil {
+			d.t.Fatalf("director target %s of %s has no minSecurityVersion", p, d.id)
+		}
+		out[p] = *tf.Custom.MinSV
+	}
+	return out
+}
+
+// TestTenantMinimumSecurityVersion: after a vulnerable release is
+// withdrawn the operator raises the tenant minimum; it never goes down,
+// cannot exceed every published release, re-signs assignments at or
+// above it (their Director metadata carries it), lists the devices
+// assigned below it, and bounds every later assignment. The real agent
+// installs under the new minimum.
+func TestTenantMinimumSecurityVersion(t *testing.T) {
+	e := newESTEnv(t)
+	c := e.adminClient(t)
+	rel := map[string]*api.Release{}
+	for _, r := range []struct {
+		v  string
+		sv uint64
+	}{{"1.0", 1}, {"1.1", 2}, {"1.2", 2}} {
+		p, code := publishRelease(t, c, r.v, r.sv, randomImage(t))
+		if code != http.StatusCreated {
+			t.Fatalf("publish %s: %d", r.v, code)
+		}
+		rel[r.v] = p
+	}
+	old, fixed := e.otaDevice(t, "gw-old"), e.otaDevice(t, "gw-fixed")
+	old.client()
+	fixed.client()
+	e.otaDevice(t, "gw-none") // never assigned anything
+	path := "/api/v1/tenants/acme/ota/min-security-version"
+	assign := func(d, r string) error {
+		return c.Do(ctx, "POST", "/api/v1/tenants/acme/devices/"+d+"/ota/assign", api.AssignRequest{Release: r}, nil)
+	}
+	if err := assign("gw-old", "fw@1.0"); err != nil {
+		t.Fatal(err)
+	}
+	if booted, j := old.update(agentota.SlotA); booted != agentota.SlotB || j.Phase != agentota.PhaseCommitted {
+		t.Fatalf("gw-old: %s %+v", booted, j)
+	}
+	if err := assign("gw-fixed", "fw@1.1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := fixed.directorMinSV(); got[rel["1.1"].Target] != 0 {
+		t.Fatalf("before the raise: %v", got)
+	}
+	var m api.MinSecurityVersion
+	if err := c.Do(ctx, "GET", path, nil, &m); err != nil || m.MinSecurityVersion != 0 {
+		t.Fatalf("fresh minimum %+v %v", m, err)
+	}
+	raise := func(v uint64) (*api.MinSecurityVersion, error) {
+		var m api.MinSecurityVersion
+		err := c.Do(ctx, "PUT", path, api.MinSecurityVersionRequest{MinSecurityVersion: &v}, &m)
+		return &m, err
+	}
+	if _, err := raise(3); !isProblem(err, http.StatusConflict) || !strings.Contains(err.Error(), "highest: 2") {
+		t.Fatalf("raising above every release: %v, want 409", err)
+	}
+	if err := c.Do(ctx, "PUT", path, map[string]any{}, nil); !isProblem(err, http.StatusBadRequest) {
+		t.Fatalf("empty body: %v, want 400", err)
+	}
+	got, err := raise(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.MinSecurityVersion != 2 || !slices.Equal(got.Restaged, []string{"gw-fixed"}) ||
+		len(got.Below) != 1 || got.Below[0].Device != "gw-old" || !strings.Contains(got.Below[0].Detail, "has 1") {
+		t.Fatalf("raise to 2: %+v", got)
+	}
+	if got := fixed.directorMinSV(); got[rel["1.1"].Target] != 2 {
+		t.Fatalf("gw-fixed's Director after the raise: %v", got)
+	}
+	if _, err := raise(1); !isProblem(err, http.StatusConflict) || !strings.Contains(err.Error(), "only goes up") {
+		t.Fatalf("lowering: %v, want 409", err)
+	}
+	if err := c.Do(ctx, "GET", path, nil, &m); err != nil || m.MinSecurityVersion != 2 {
+		t.Fatalf("after a refused lowering %+v %v", m, err)
+	}
+	// Every later assignment is bounded; the vulnerable release is out.
+	if err := assign("gw-none", "fw@1.0"); !isProblem(err, http.StatusConflict) {
+		t.Fatalf("assigning fw@1.0 under minimum 2: %v, want 409", err)
+	}
+	// gw-old gets the fixed release and the real engine installs it.
+	if err := assign("gw-old", "fw@1.2"); err != nil {
+		t.Fatal(err)
+	}
+	if got := old.directorMinSV(); got[rel["1.2"].Target] != 2 {
+		t.Fatalf("gw-old's Director: %v", got)
+	}
+	if booted, j := old.update(agentota.SlotB); booted != agentota.SlotA || j.Phase != agentota.PhaseCommitted || j.Installed.Release != "fw@1.2" {
+		t.Fatalf("gw-old on 1.2: %s %+v", booted, j)
+	}
+	if f, err := old.floor.Floor(); err != nil || f != 2 {
+		t.Fatalf("gw-old's floor %d %v, want 2", f, err)
+	}
+	// A raise to the same value is a no-op that re-signs again; none below now.
+	if got, err := raise(2); err != nil || len(got.Below) != 0 || len(got.Restaged) != 2 {
+		t.Fatalf("second raise to 2: %+v %v", got, err)
+	}
+	recs, _ := e.srv.Store().ListAudit(ctx, store.AuditFilter{Tenant: "acme", Limit: 10000})
+	var denied, ok int
+	for _, r := range recs {
+		if r.Action == "ota.min_security_version" {
+			if r.Result == "denied" {
+				denied++
+			} else {
+				ok++
+			}
+		}
+	}
+	if denied != 2 || ok != 2 {
+		t.Fatalf("audited %d denied and %d ok raises, want 2 and 2", denied, ok)
+	}
 }

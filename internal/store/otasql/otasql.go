@@ -200,6 +200,31 @@ func (f *Floors) SetFloor(ctx context.Context, device string, floor uint64) erro
 	return nil
 }
 
+// tenantMinimumRow is the device_id under which ota_floors keeps the
+// tenant's minimum security version: no device can have it
+// (wire.ValidateDeviceID refuses the empty ID), and the tenant minimum
+// shares the floors' "never lower" upsert.
+const tenantMinimumRow = ""
+
+// TenantMinimum is the tenant's minimum security version (0 if never
+// raised): every Director assignment carries at least this.
+func (f *Floors) TenantMinimum(ctx context.Context) (uint64, error) {
+	v, _, err := f.LastFloor(ctx, tenantMinimumRow)
+	if err != nil {
+		return 0, fmt.Errorf("tenant minimum security version: %w", err)
+	}
+	return v, nil
+}
+
+// RaiseTenantMinimum raises the tenant's minimum security version to v;
+// a lower or equal v changes nothing. It returns the minimum now stored.
+func (f *Floors) RaiseTenantMinimum(ctx context.Context, v uint64) (uint64, error) {
+	if err := f.SetFloor(ctx, tenantMinimumRow, v); err != nil {
+		return 0, err
+	}
+	return f.TenantMinimum(ctx)
+}
+
 // Tables lists this package's tables, each keyed by tenant_id: deleting a
 // tenant must empty them too.
 var Tables = []string{"ota_metadata", "ota_rollouts", "ota_floors"}

@@ -55,6 +55,39 @@ func TestFloors(t *testing.T) {
 	}
 }
 
+// TestTenantMinimum: the tenant minimum only goes up, is per tenant and
+// is not any device's floor.
+func TestTenantMinimum(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, db *sqlstore.DB) {
+		ctx := context.Background()
+		x, d := db.SQL(), db.SQLDialect()
+		f := otasql.NewFloors(x, d, "t1")
+		if v, err := f.TenantMinimum(ctx); err != nil || v != 0 {
+			t.Fatalf("fresh tenant minimum %d, %v", v, err)
+		}
+		for _, c := range []struct{ raise, want uint64 }{{3, 3}, {2, 3}, {3, 3}, {1 << 63, 1 << 63}, {7, 1 << 63}} {
+			if v, err := f.RaiseTenantMinimum(ctx, c.raise); err != nil || v != c.want {
+				t.Fatalf("raise to %d: %d, %v (want %d)", c.raise, v, err, c.want)
+			}
+		}
+		if v, err := otasql.NewFloors(x, d, "t2").TenantMinimum(ctx); err != nil || v != 0 {
+			t.Fatalf("t2 sees t1's minimum: %d, %v", v, err)
+		}
+		if err := f.SetFloor(ctx, "d1", 5); err != nil {
+			t.Fatal(err)
+		}
+		if v, ok, err := f.LastFloor(ctx, "d1"); err != nil || !ok || v != 5 {
+			t.Fatalf("device floor %d %v %v", v, ok, err)
+		}
+		if err := otasql.DeleteTenant(ctx, x, d, "t1"); err != nil {
+			t.Fatal(err)
+		}
+		if v, err := f.TenantMinimum(ctx); err != nil || v != 0 {
+			t.Fatalf("deleted tenant's minimum %d, %v", v, err)
+		}
+	})
+}
+
 // TestTenantIsolation: stores of two tenants on one database share
 // tables but nothing else, and DeleteTenant empties one tenant only.
 func TestTenantIsolation(t *testing.T) {
