@@ -1,8 +1,11 @@
 package cli
 
 import (
+	"context"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/wardiot/ward/agent/keystore"
 	"github.com/wardiot/ward/internal/api"
 	"github.com/wardiot/ward/internal/ota"
 	"github.com/wardiot/ward/internal/ota/tufrepo"
@@ -102,18 +106,20 @@ func (a *app) releaseOfflineCmds() []*cobra.Command {
 	}
 	pending.Flags().StringVar(&out, "out", "", "output file")
 
-	var keyFile string
+	var keyFile, ksSpec, keyName string
 	sign := &cobra.Command{
 		Use:   "sign",
-		Short: "Sign targets metadata with an offline key file (no server needed: run it air-gapped)",
+		Short: "Sign targets metadata with an offline key file or a key in a PKCS#11 token (no server needed: run it air-gapped)",
 		Long: `Sign adds the key's signature to TUF targets metadata exported by
 ward release publish --out (or ward release pending, or an earlier sign
-with another officer's key). It never contacts a server. Check the
-releases it prints before carrying the result back for ward release commit.`,
+with another officer's key). It never contacts a server. The key is a file
+(--key) or a key that never leaves a PKCS#11 token (--keystore and
+--key-name; see ward release offline-key). Check the releases it prints
+before carrying the result back for ward release commit.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if in == "" || keyFile == "" || out == "" {
-				return usageError{errors.New("--in, --key and --out are required")}
+			if in == "" || out == "" || (keyFile == "") == (ksSpec == "") || (ksSpec == "") != (keyName == "") {
+				return usageError{errors.New("--in, --out and either --key or --keystore with --key-name are required")}
 			}
 			data, err := readSmallFile(in, tufrepo.MaxMetadataSize)
 			if err != nil {
@@ -123,7 +129,16 @@ releases it prints before carrying the result back for ward release commit.`,
 			if err != nil || tm.Signed.Type != metadata.TARGETS {
 				return fmt.Errorf("%s is not TUF targets metadata", in)
 			}
-			key, err := tufrepo.LoadKeyFile(keyFile)
+			var key tufrepo.Signer
+			if keyFile != "" {
+				key, err = tufrepo.LoadKeyFile(keyFile)
+			} else {
+				var closeKS func()
+				key, closeKS, err = keystoreSigner(c.Context(), ksSpec, keyName, false)
+				if err == nil {
+					defer closeKS()
+				}
+			}
 			if err != nil {
 				return err
 			}
@@ -152,6 +167,55 @@ releases it prints before carrying the result back for ward release commit.`,
 	sign.Flags().StringVar(&in, "in", "", "targets metadata to sign")
 	sign.Flags().StringVar(&keyFile, "key", "", "PKCS#8 PEM private key (openssl genpkey; Ed25519 or ECDSA P-256)")
 	sign.Flags().StringVar(&out, "out", "", "signed targets metadata to write (must not exist)")
+	sign.Flags().StringVar(&ksSpec, "keystore", "", "keystore holding the key instead of --key: pkcs11:module=PATH;token=LABEL;pin-source=FILE")
+	sign.Flags().StringVar(&keyName, "key-name", "", "name (PKCS#11 label) of the key in --keystore")
+
+	var generate bool
+	offlineKey := &cobra.Command{
+		Use:   "offline-key",
+		Short: "Make or find an offline targets key in a PKCS#11 token and write its public key",
+		Long: `offline-key writes the PEM public key of the key called --key-name in
+--keystore, for ward release init-offline --targets-key. With --generate it
+first makes an ECDSA P-256 key inside the token; the private key never
+leaves it. It never contacts a server.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if ksSpec == "" || keyName == "" || out == "" {
+				return usageError{errors.New("--keystore, --key-name and --out are required")}
+			}
+			key, closeKS, err := keystoreSigner(c.Context(), ksSpec, keyName, generate)
+			if err != nil {
+				return err
+			}
+			defer closeKS()
+			pub, err := key.PublicKey()
+			if err != nil {
+				return err
+			}
+			der, err := x509.MarshalPKIXPublicKey(pub)
+			if err != nil {
+				return err
+			}
+			id, err := tufrepo.KeyID(key)
+			if err != nil {
+				return err
+			}
+			if err := writeNewFile(out, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})); err != nil {
+				return err
+			}
+			res := struct {
+				KeyID   string `json:"key_id"`
+				Written string `json:"written"`
+			}{id, out}
+			return a.emit(res, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "key\t%s in %s\nkey id\t%s\npublic key\t%s\n", keyName, redactSpec(ksSpec), id, out)
+			})
+		},
+	}
+	offlineKey.Flags().StringVar(&ksSpec, "keystore", "", "pkcs11:module=PATH;token=LABEL;pin-source=FILE")
+	offlineKey.Flags().StringVar(&keyName, "key-name", "", "name (PKCS#11 label) of the key")
+	offlineKey.Flags().BoolVar(&generate, "generate", false, "make a new ECDSA P-256 key in the keystore first (refused if the name is taken)")
+	offlineKey.Flags().StringVar(&out, "out", "", "where to write the PEM public key (must not exist)")
 
 	commit := &cobra.Command{
 		Use: "commit", Short: "Import targets metadata signed offline; it is refused below the targets threshold", Args: cobra.NoArgs,
@@ -186,7 +250,43 @@ releases it prints before carrying the result back for ward release commit.`,
 	for _, c := range []*cobra.Command{initOffline, pending, commit} {
 		c.Flags().StringVar(&tenantID, "tenant", "", "tenant ID")
 	}
-	return []*cobra.Command{initOffline, pending, sign, commit}
+	return []*cobra.Command{initOffline, pending, sign, commit, offlineKey}
+}
+
+// keystoreSigner opens the keystore (a PKCS#11 token) and returns
+// the key called name as a TUF signer, made first when generate is set.
+// Errors never carry the spec's PIN.
+func keystoreSigner(ctx context.Context, spec, name string, generate bool) (tufrepo.Signer, func(), error) {
+	ks, err := keystore.Open(spec)
+	if err != nil {
+		return nil, nil, fmt.Errorf("keystore %s: %w", redactSpec(spec), err)
+	}
+	var k keystore.Key
+	if generate {
+		k, err = ks.Generate(ctx, name, keystore.ECDSAP256)
+	} else {
+		k, err = ks.Load(ctx, name)
+	}
+	if err != nil {
+		ks.Close()
+		return nil, nil, fmt.Errorf("key %q in %s: %w", name, redactSpec(spec), err)
+	}
+	s, err := tufrepo.NewSigner(k)
+	if err != nil {
+		ks.Close()
+		return nil, nil, err
+	}
+	return s, func() { ks.Close() }, nil
+}
+
+// redactSpec is a keystore spec fit for output: Spec.String hides an
+// inline PIN.
+func redactSpec(spec string) string {
+	s, err := keystore.ParseSpec(spec)
+	if err != nil {
+		return "(invalid keystore spec)"
+	}
+	return s.String()
 }
 
 // signedTargets is what `ward release sign` reports: enough for the

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/wardiot/ward/agent/keystore/softhsmtest"
 	agentota "github.com/wardiot/ward/agent/ota"
 	"github.com/wardiot/ward/internal/api"
 	"github.com/wardiot/ward/internal/attest"
@@ -293,5 +294,77 @@ func TestPublishWithSBOMAndRefValues(t *testing.T) {
 	// values could replace the imported ones.
 	if code, _, errs := publish("--refvalues", file("rv.json", doc), "--refvalues-sig", file("rv.sig", sig)); code != 1 || !strings.Contains(errs, "already published") {
 		t.Fatalf("publish again: %d %s", code, errs)
+	}
+}
+
+// TestOfflineTargetsSigningWithPKCS11: the offline targets key lives in a
+// SoftHSM token and never leaves it. `ward release offline-key --generate`
+// makes it and writes its public key, `init-offline` registers it, `sign
+// --keystore` signs the staged release air-gapped, `commit` accepts it and
+// the real agent installs the release. A PIN never appears in output.
+func TestOfflineTargetsSigningWithPKCS11(t *testing.T) {
+	tk := softhsmtest.New(t, "ward-targets")
+	e := newESTEnv(t)
+	files := t.TempDir()
+	file := func(n string) string { return filepath.Join(files, n) }
+	if err := os.WriteFile(file("pin"), []byte(tk.PIN+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	spec := "pkcs11:module=" + tk.Module + ";token=" + tk.Label + ";pin-source=" + file("pin")
+	online := func(args ...string) (int, string, string) {
+		return ward(t, append([]string{"--data", e.dir}, args...)...)
+	}
+	d := e.otaDevice(t, "gw-hsm")
+	d.client()
+
+	code, out, errs := ward(t, "release", "offline-key", "--keystore", spec, "--key-name", "targets-1", "--generate", "--out", file("targets-1.pub"))
+	if code != 0 || !strings.Contains(out, "key id") {
+		t.Fatalf("offline-key --generate: %d\n%s%s", code, out, errs)
+	}
+	if code, _, errs := ward(t, "release", "offline-key", "--keystore", spec, "--key-name", "targets-1", "--generate", "--out", file("again.pub")); code != 1 || !strings.Contains(errs, "exists") {
+		t.Fatalf("generating over an existing key: %d %s", code, errs)
+	}
+	// Without --generate the same public key comes back.
+	if code, _, errs := ward(t, "release", "offline-key", "--keystore", spec, "--key-name", "targets-1", "--out", file("same.pub")); code != 0 {
+		t.Fatalf("offline-key: %d %s", code, errs)
+	}
+	a, _ := os.ReadFile(file("targets-1.pub"))
+	b, _ := os.ReadFile(file("same.pub"))
+	if !bytes.Equal(a, b) || !bytes.Contains(a, []byte("PUBLIC KEY")) {
+		t.Fatalf("public keys differ or are not PEM:\n%s\n%s", a, b)
+	}
+	if code, out, errs := online("release", "init-offline", "--tenant", "acme", "--targets-key", file("targets-1.pub")); code != 0 {
+		t.Fatalf("init-offline: %d\n%s%s", code, out, errs)
+	}
+	if err := os.WriteFile(file("fw.img"), randomImage(t), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errs := online("release", "publish", "--tenant", "acme", "--name", "fw", "--version", "1.0", "--hw", otaHW,
+		"--security-version", "1", "--image", file("fw.img"), "--out", file("pending.json")); code != 0 {
+		t.Fatalf("publish: %d\n%s%s", code, out, errs)
+	}
+	t.Setenv("WARD_ADDR", "")
+	t.Setenv("WARD_TOKEN", "")
+	t.Setenv("WARD_CACERT", "")
+	code, out, errs = ward(t, "release", "sign", "--in", file("pending.json"), "--keystore", spec, "--key-name", "targets-1", "--out", file("signed.json"))
+	if code != 0 || !strings.Contains(out, "fw@1.0 for "+otaHW) {
+		t.Fatalf("sign with the token: %d\n%s%s", code, out, errs)
+	}
+	// A wrong key name, with the PIN inline: a clear error without the PIN.
+	code, out, errs = ward(t, "release", "sign", "--in", file("pending.json"), "--keystore", tk.Spec(), "--key-name", "nope", "--out", file("x.json"))
+	if code != 1 || !strings.Contains(errs, `"nope"`) || strings.Contains(out+errs, tk.PIN) {
+		t.Fatalf("sign with an unknown key: %d\n%s%s", code, out, errs)
+	}
+	if code, _, errs := ward(t, "release", "sign", "--in", file("pending.json"), "--key", file("pin"), "--keystore", spec, "--key-name", "targets-1", "--out", file("y.json")); code != 2 {
+		t.Fatalf("--key with --keystore: %d %s", code, errs)
+	}
+	if code, out, errs := online("release", "commit", "--tenant", "acme", "--in", file("signed.json")); code != 0 || !strings.Contains(out, "serving") {
+		t.Fatalf("commit: %d\n%s%s", code, out, errs)
+	}
+	if code, out, errs := online("release", "assign", "--tenant", "acme", "--device", d.id, "--release", "fw@1.0"); code != 0 {
+		t.Fatalf("assign: %d\n%s%s", code, out, errs)
+	}
+	if booted, j := d.update(agentota.SlotA); booted != agentota.SlotB || j.Phase != agentota.PhaseCommitted || j.Installed.Release != "fw@1.0" {
+		t.Fatalf("booted %s, journal %+v", booted, j)
 	}
 }
