@@ -1,21 +1,16 @@
 package cli_test
 
 import (
-	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/wardiot/ward/internal/attest"
-	"github.com/wardiot/ward/internal/config"
-	"github.com/wardiot/ward/internal/server"
 )
 
 const refDoc = `{"ward_attest": {"schema": 1, "hw_model": "wardboard-1", "release": "1.0.0", "hash": "sha256",
@@ -24,27 +19,8 @@ const refDoc = `{"ward_attest": {"schema": 1, "hw_model": "wardboard-1", "releas
 // TestReleaseRefValuesCommands: set the tenant's reference-value key,
 // import a signed release, refuse a forged one; attest an unknown device.
 func TestReleaseRefValuesCommands(t *testing.T) {
-	dir := t.TempDir()
-	cfg := config.Default()
-	cfg.DataDir = dir
-	cfg.APIAddr, cfg.HTTPAddr, cfg.MQTTAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
-	srv, err := server.Open(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	must := func(args ...string) string {
-		t.Helper()
-		code, out, errs := run(t, args...)
-		if code != 0 {
-			t.Fatalf("ward %v: exit %d\n%s", args, code, errs)
-		}
-		return out
-	}
-	must("--data", dir, "tenant", "create", "acme")
+	dir, _ := startServer(t)
+	mustRun(t, "--data", dir, "tenant", "create", "acme")
 	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
 	der, _ := x509.MarshalPKIXPublicKey(pub)
 	files := t.TempDir()
@@ -67,8 +43,8 @@ func TestReleaseRefValuesCommands(t *testing.T) {
 	if code != 1 || !strings.Contains(stderr, "reference-value key") {
 		t.Fatalf("import without a key: exit %d %s", code, stderr)
 	}
-	must("--data", dir, "release", "refvalues", "set-key", "--tenant", "acme", "--key", keyFile)
-	if out := must("--data", dir, "release", "refvalues", "import", "--tenant", "acme", "--file", docFile, "--sig", sigFile); !strings.Contains(out, "wardboard-1 1.0.0 approved") {
+	mustRun(t, "--data", dir, "release", "refvalues", "set-key", "--tenant", "acme", "--key", keyFile)
+	if out := mustRun(t, "--data", dir, "release", "refvalues", "import", "--tenant", "acme", "--file", docFile, "--sig", sigFile); !strings.Contains(out, "wardboard-1 1.0.0 approved") {
 		t.Fatalf("import: %s", out)
 	}
 	code, _, stderr = run(t, "--data", dir, "release", "refvalues", "import", "--tenant", "acme", "--file", forged, "--sig", sigFile)

@@ -72,38 +72,19 @@ func TestClientWithoutAddressHints(t *testing.T) {
 // TestOperatorCommands drives the CLI against a real server: --data on the
 // server host, then WARD_* variables with a scoped token.
 func TestOperatorCommands(t *testing.T) {
-	dir := t.TempDir()
-	cfg := config.Default()
-	cfg.DataDir = dir
-	cfg.APIAddr, cfg.HTTPAddr, cfg.MQTTAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
-	srv, err := server.Open(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	dir, srv := startServer(t)
 
-	must := func(args ...string) string {
-		t.Helper()
-		code, out, errs := run(t, args...)
-		if code != 0 {
-			t.Fatalf("ward %v: exit %d\n%s", args, code, errs)
-		}
-		return out
-	}
-	must("--data", dir, "tenant", "create", "acme", "--name", "Acme Corp")
-	out := must("--data", dir, "tenant", "list", "-o", "json")
+	mustRun(t, "--data", dir, "tenant", "create", "acme", "--name", "Acme Corp")
+	out := mustRun(t, "--data", dir, "tenant", "list", "-o", "json")
 	var ts []map[string]any
 	if err := json.Unmarshal([]byte(out), &ts); err != nil || len(ts) != 1 || ts[0]["id"] != "acme" {
 		t.Fatalf("tenant list json: %q %v", out, err)
 	}
-	tok := strings.TrimSpace(must("--data", dir, "token", "create", "--role", "viewer", "--tenant", "acme", "--ttl", "1h"))
+	tok := strings.TrimSpace(mustRun(t, "--data", dir, "token", "create", "--role", "viewer", "--tenant", "acme", "--ttl", "1h"))
 	t.Setenv("WARD_ADDR", srv.APIAddr())
 	t.Setenv("WARD_CACERT", server.CABundlePath(dir))
 	t.Setenv("WARD_TOKEN", tok)
-	if out := must("whoami"); !strings.Contains(out, "viewer") || !strings.Contains(out, "acme") {
+	if out := mustRun(t, "whoami"); !strings.Contains(out, "viewer") || !strings.Contains(out, "acme") {
 		t.Fatalf("whoami: %s", out)
 	}
 	code, _, stderr := run(t, "tenant", "delete", "acme")
@@ -111,10 +92,10 @@ func TestOperatorCommands(t *testing.T) {
 		t.Fatalf("viewer deleting a tenant: exit %d %s", code, stderr)
 	}
 	t.Setenv("WARD_TOKEN", "")
-	if out := must("--data", dir, "audit", "verify"); !strings.Contains(out, "audit chain intact") {
+	if out := mustRun(t, "--data", dir, "audit", "verify"); !strings.Contains(out, "audit chain intact") {
 		t.Fatalf("verify: %s", out)
 	}
-	if out := must("--data", dir, "audit", "list"); !strings.Contains(out, "tenant.create") || !strings.Contains(out, "api.denied") {
+	if out := mustRun(t, "--data", dir, "audit", "list"); !strings.Contains(out, "tenant.create") || !strings.Contains(out, "api.denied") {
 		t.Fatalf("audit list: %s", out)
 	}
 	// Tamper, then verify must exit non-zero naming the entry.
@@ -126,4 +107,33 @@ func TestOperatorCommands(t *testing.T) {
 	if code != 1 || !strings.Contains(stderr, "broken at entry 2") {
 		t.Fatalf("tampered verify: exit %d %s", code, stderr)
 	}
+}
+
+// startServer runs a real server on loopback ports in a fresh data
+// directory for the rest of the test.
+func startServer(t *testing.T) (string, *server.Server) {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := config.Default()
+	cfg.DataDir = dir
+	cfg.APIAddr, cfg.HTTPAddr, cfg.MQTTAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	srv, err := server.Open(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return dir, srv
+}
+
+// mustRun runs the CLI and fails the test unless it exits 0.
+func mustRun(t *testing.T, args ...string) string {
+	t.Helper()
+	code, out, errs := run(t, args...)
+	if code != 0 {
+		t.Fatalf("ward %v: exit %d\n%s", args, code, errs)
+	}
+	return out
 }

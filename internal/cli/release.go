@@ -134,10 +134,7 @@ func (a *app) releaseOTACmds() []*cobra.Command {
 	list := &cobra.Command{
 		Use: "list", Short: "List published releases", Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := requireTenant(tenantID); err != nil {
-				return err
-			}
-			cl, err := a.client()
+			cl, err := a.tenantClient(tenantID)
 			if err != nil {
 				return err
 			}

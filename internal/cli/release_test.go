@@ -1,19 +1,14 @@
 package cli_test
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/json"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/wardiot/ward/internal/api"
-	"github.com/wardiot/ward/internal/config"
-	"github.com/wardiot/ward/internal/server"
 )
 
 // TestReleasePublishListAssign: `ward release publish` uploads images to
@@ -21,27 +16,8 @@ import (
 // shows them, a second publish of the same version and an assignment to
 // an unknown device are refused with a clear message.
 func TestReleasePublishListAssign(t *testing.T) {
-	dir := t.TempDir()
-	cfg := config.Default()
-	cfg.DataDir = dir
-	cfg.APIAddr, cfg.HTTPAddr, cfg.MQTTAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
-	srv, err := server.Open(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	must := func(args ...string) string {
-		t.Helper()
-		code, out, errs := run(t, args...)
-		if code != 0 {
-			t.Fatalf("ward %v: exit %d\n%s", args, code, errs)
-		}
-		return out
-	}
-	must("--data", dir, "tenant", "create", "acme")
+	dir, _ := startServer(t)
+	mustRun(t, "--data", dir, "tenant", "create", "acme")
 	img := make([]byte, 32<<10)
 	rand.Read(img)
 	files := t.TempDir()
@@ -67,7 +43,7 @@ func TestReleasePublishListAssign(t *testing.T) {
 		t.Fatalf("publish without a security version: %d %s", code, errs)
 	}
 	var rs []api.Release
-	if err := json.Unmarshal([]byte(must("--data", dir, "-o", "json", "release", "list", "--tenant", "acme")), &rs); err != nil {
+	if err := json.Unmarshal([]byte(mustRun(t, "--data", dir, "-o", "json", "release", "list", "--tenant", "acme")), &rs); err != nil {
 		t.Fatal(err)
 	}
 	if len(rs) != 2 || rs[0].Release != "fw@1.0" || rs[1].ReleaseCounter != 2 || len(rs[1].Deltas) != 1 || rs[1].Length != 32<<10 {

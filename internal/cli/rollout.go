@@ -46,10 +46,7 @@ func (a *app) rolloutCmd() *cobra.Command {
 		cmd := &cobra.Command{
 			Use: verb + " ID", Short: verb + " a rollout", Args: cobra.ExactArgs(1),
 			RunE: func(c *cobra.Command, args []string) error {
-				if err := requireTenant(tenantID); err != nil {
-					return err
-				}
-				cl, err := a.client()
+				cl, err := a.tenantClient(tenantID)
 				if err != nil {
 					return err
 				}
@@ -69,10 +66,7 @@ func (a *app) rolloutCmd() *cobra.Command {
 	status := &cobra.Command{
 		Use: "status ID", Short: "A rollout's progress, with per-phase counts", Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			if err := requireTenant(tenantID); err != nil {
-				return err
-			}
-			cl, err := a.client()
+			cl, err := a.tenantClient(tenantID)
 			if err != nil {
 				return err
 			}
@@ -86,10 +80,7 @@ func (a *app) rolloutCmd() *cobra.Command {
 	list := &cobra.Command{
 		Use: "list", Short: "List rollouts", Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := requireTenant(tenantID); err != nil {
-				return err
-			}
-			cl, err := a.client()
+			cl, err := a.tenantClient(tenantID)
 			if err != nil {
 				return err
 			}

@@ -4,17 +4,13 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/wardiot/ward/internal/api"
-	"github.com/wardiot/ward/internal/config"
 	"github.com/wardiot/ward/internal/fleet"
-	"github.com/wardiot/ward/internal/server"
 	"github.com/wardiot/ward/internal/store"
 	"github.com/wardiot/ward/internal/tenant"
 )
@@ -24,26 +20,11 @@ import (
 // operator's token, per-phase counts in `status`, `list`, `pause`,
 // `resume`, `abort`.
 func TestRolloutCommands(t *testing.T) {
-	dir := t.TempDir()
-	cfg := config.Default()
-	cfg.DataDir = dir
-	cfg.APIAddr, cfg.HTTPAddr, cfg.MQTTAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	ctx := context.Background()
-	srv, err := server.Open(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	dir, srv := startServer(t)
 	must := func(args ...string) string {
 		t.Helper()
-		code, out, errs := run(t, append([]string{"--data", dir}, args...)...)
-		if code != 0 {
-			t.Fatalf("ward %v: exit %d\n%s", args, code, errs)
-		}
-		return out
+		return mustRun(t, append([]string{"--data", dir}, args...)...)
 	}
 	must("tenant", "create", "acme")
 	files := t.TempDir()
