@@ -89,6 +89,9 @@ type Director struct {
 	cfg                                DirectorConfig
 	root, targets, snapshot, timestamp tufrepo.Signer
 	mu                                 sync.Mutex // serialises root creation
+	// assignMu serialises assignments, so Restage's read-then-write
+	// cannot put back targets another assignment just replaced.
+	assignMu sync.Mutex
 }
 
 // NewDirector loads (or creates and seals) the Director's online keys.
@@ -120,10 +123,7 @@ func (d *Director) repo(ctx context.Context, device string) (*tufrepo.Repo, erro
 	if err := wire.ValidateDeviceID(device); err != nil {
 		return nil, err
 	}
-	r := tufrepo.New(tufrepo.Config{
-		Store: d.cfg.Store, Prefix: "director/" + device, Now: d.cfg.Now, Expiry: d.cfg.Expiry,
-		Snapshot: d.snapshot, Timestamp: d.timestamp, Targets: []tufrepo.Signer{d.targets},
-	})
+	r := d.newRepo(device)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if _, err := r.Root(ctx); err == nil {
@@ -186,6 +186,12 @@ func (d *Director) File(ctx context.Context, device, file string) ([]byte, error
 // minSecurityVersion = max(tenant minimum, floor). Assign with no targets
 // clears the assignment.
 func (d *Director) Assign(ctx context.Context, device string, targets ...string) error {
+	d.assignMu.Lock()
+	defer d.assignMu.Unlock()
+	return d.assign(ctx, device, targets)
+}
+
+func (d *Director) assign(ctx context.Context, device string, targets []string) error {
 	r, err := d.repo(ctx, device)
 	if err != nil {
 		return err
@@ -228,6 +234,15 @@ func (d *Director) Assign(ctx context.Context, device string, targets ...string)
 	return err
 }
 
+// newRepo is the device's repository handle; unlike repo it creates
+// nothing.
+func (d *Director) newRepo(device string) *tufrepo.Repo {
+	return tufrepo.New(tufrepo.Config{
+		Store: d.cfg.Store, Prefix: "director/" + device, Now: d.cfg.Now, Expiry: d.cfg.Expiry,
+		Snapshot: d.snapshot, Timestamp: d.timestamp, Targets: []tufrepo.Signer{d.targets},
+	})
+}
+
 // Restage signs the device's current assignment again, so that it carries
 // the minimum security version in force now (after the tenant raised
 // it). A device without a Director repository is left alone (false). An
@@ -238,17 +253,23 @@ func (d *Director) Restage(ctx context.Context, device string) (bool, error) {
 	if err := wire.ValidateDeviceID(device); err != nil {
 		return false, err
 	}
-	if _, err := d.cfg.Store.Get(ctx, "director/"+device+"/root.json"); errors.Is(err, tufrepo.ErrNotFound) {
-		return false, nil
+	d.assignMu.Lock()
+	defer d.assignMu.Unlock()
+	t, err := d.newRepo(device).Targets(ctx)
+	if errors.Is(err, tufrepo.ErrNotFound) {
+		return false, nil // never assigned anything
 	} else if err != nil {
 		return false, err
 	}
-	targets, err := d.Assigned(ctx, device)
-	if err != nil || len(targets) == 0 {
-		return false, err
+	var targets []string
+	for p := range t.Signed.Targets {
+		targets = append(targets, p)
+	}
+	if len(targets) == 0 {
+		return false, nil
 	}
 	sort.Strings(targets)
-	return true, d.Assign(ctx, device, targets...)
+	return true, d.assign(ctx, device, targets)
 }
 
 // Assigned returns the target paths the device's Director names now.
