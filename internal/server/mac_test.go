@@ -89,9 +89,18 @@ func TestMACTelemetryEpochs(t *testing.T) {
 		if a.MACEpoch() == 3 {
 			return true
 		}
-		if time.Since(last) > 300*time.Millisecond {
+		if time.Since(last) > 500*time.Millisecond {
 			last = time.Now()
-			_ = conn.Publish(wire.TopicMACGet, nil, 1)
+			// Under load the session may have been replaced or cut
+			// meanwhile; a device then reconnects and asks again.
+			if !conn.Connected() {
+				if conn, err = a.ConnectMQTT(ctx, e.srv.MQTTAddr()); err != nil {
+					t.Fatal(err)
+				}
+				_ = conn.SyncMAC()
+			} else {
+				_ = conn.Publish(wire.TopicMACGet, nil, 1)
+			}
 		}
 		return false
 	})
