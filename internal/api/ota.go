@@ -27,10 +27,24 @@ type OTA interface {
 	// OTAState returns what the server knows of the device's updates (nil
 	// if nothing).
 	OTAState(ctx context.Context, tenant, device string) (*OTAState, error)
-	// InitOfflineTargets makes the tenant's Image repository trust only
-	// the given offline targets keys (a new root version); from then on
+	// ImageKeys describes who holds the keys of each role of the
+	// tenant's Image repository, and any root awaiting signatures.
+	ImageKeys(ctx context.Context, tenant string) (*ImageKeys, error)
+	// ChangeImageKeys makes a new Image root listing the given offline
+	// root and/or targets keys. It is imported at once when the server
+	// still holds enough root keys to sign it; otherwise it is staged for
+	// `ward release sign` and CommitRoot. With offline targets keys,
 	// releases wait for `ward release sign` and CommitTargets.
-	InitOfflineTargets(ctx context.Context, actor, tenant string, req OfflineTargetsRequest) (*OfflineTargets, error)
+	ChangeImageKeys(ctx context.Context, actor, tenant string, req ImageKeysRequest) (*ImageKeys, error)
+	// RenewImageRoot makes the next root version with the same keys and
+	// a fresh expiry (staged for signatures when the root is offline).
+	RenewImageRoot(ctx context.Context, actor, tenant string) (*ImageKeys, error)
+	// PendingRoot returns the root awaiting offline signatures.
+	PendingRoot(ctx context.Context, tenant string) ([]byte, error)
+	// CommitRoot imports the staged root once signed by a threshold of
+	// the current and of the new root keys; the server destroys its own
+	// keys the new root no longer lists.
+	CommitRoot(ctx context.Context, actor, tenant string, signed []byte) (*ImageKeys, error)
 	// PendingTargets returns the unsigned targets metadata awaiting
 	// offline signatures.
 	PendingTargets(ctx context.Context, tenant string) ([]byte, error)

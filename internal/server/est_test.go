@@ -31,6 +31,7 @@ func (c *fakeClock) Now() time.Time          { return time.Unix(0, c.n.Load()) }
 func (c *fakeClock) Advance(d time.Duration) { c.n.Add(int64(d)) }
 
 type estEnv struct {
+	cfg   config.Config
 	srv   *server.Server
 	clock *fakeClock
 	dir   string
@@ -64,7 +65,25 @@ func newESTEnvCfg(t *testing.T, mutate func(*config.Config)) *estEnv {
 	if _, err := srv.Tenants.Create(ctx, "test", "globex", ""); err != nil {
 		t.Fatal(err)
 	}
-	return &estEnv{srv: srv, clock: clk, dir: dir, pool: caPool(t, dir)}
+	return &estEnv{cfg: cfg, srv: srv, clock: clk, dir: dir, pool: caPool(t, dir)}
+}
+
+// restart stops the server and starts a new one on the same data
+// directory and clock (on new ports: connected devices are cut off).
+func (e *estEnv) restart(t *testing.T) {
+	t.Helper()
+	if err := e.srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.Open(ctx, e.cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), server.WithClock(e.clock.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	e.srv = srv
 }
 
 func (e *estEnv) token(t *testing.T, tenantID, device string, ttl time.Duration) string {

@@ -123,7 +123,7 @@ func (s *Server) otaFloors(tenant string) *otasql.Floors {
 }
 
 // Image repository key names in the tenant's metadata store.
-var imageKeyNames = [...]string{"image-root", "image-targets", "image-snapshot", "image-timestamp", "release-manifest"}
+var imageKeyNames = [...]string{imageRootKey, imageTargetsKey, "image-snapshot", "image-timestamp", "release-manifest"}
 
 // tenantOTA returns the tenant's repositories, creating them (keys, the
 // Image root) on first use.
@@ -144,16 +144,34 @@ func (s *Server) tenantOTA(ctx context.Context, tid string) (*tenantOTA, error) 
 		return nil, err
 	}
 	meta := s.otaMeta(tid)
+	probe := tufrepo.New(tufrepo.Config{Store: meta, Prefix: "image"})
+	_, err = probe.Root(ctx)
+	fresh := errors.Is(err, tufrepo.ErrNotFound)
+	if err != nil && !fresh {
+		return nil, err
+	}
+	// Every key is made with a new repository. Later the root and targets
+	// keys may have been destroyed (offline keys took over: otaoffline.go)
+	// and must not come back.
 	var keys [len(imageKeyNames)]tufrepo.Signer
 	for i, n := range imageKeyNames {
-		if keys[i], err = tufrepo.OnlineKey(ctx, meta, sealer, n); err != nil {
+		if fresh || (n != imageRootKey && n != imageTargetsKey) {
+			keys[i], err = tufrepo.OnlineKey(ctx, meta, sealer, n)
+		} else if keys[i], err = tufrepo.LoadOnlineKey(ctx, meta, sealer, n); errors.Is(err, tufrepo.ErrNotFound) {
+			keys[i], err = nil, nil
+		}
+		if err != nil {
 			return nil, err
 		}
 	}
 	root, targets, snapshot, timestamp, manifest := keys[0], keys[1], keys[2], keys[3], keys[4]
+	var targetsKeys []tufrepo.Signer
+	if targets != nil {
+		targetsKeys = []tufrepo.Signer{targets}
+	}
 	repo := tufrepo.New(tufrepo.Config{Store: meta, Prefix: "image", Now: s.now,
-		Snapshot: snapshot, Timestamp: timestamp, Targets: []tufrepo.Signer{targets}})
-	if _, err := repo.Root(ctx); errors.Is(err, tufrepo.ErrNotFound) {
+		Snapshot: snapshot, Timestamp: timestamp, Targets: targetsKeys})
+	if fresh {
 		pub := make([]*metadata.Key, 4)
 		for i, k := range []tufrepo.Signer{root, targets, snapshot, timestamp} {
 			if pub[i], err = tufrepo.PublicKey(k); err != nil {
@@ -172,8 +190,6 @@ func (s *Server) tenantOTA(ctx context.Context, tid string) (*tenantOTA, error) 
 			return nil, fmt.Errorf("create the image repository of tenant %s: %w", tid, err)
 		}
 		s.log.Info("created a tenant's OTA image repository (development mode: root and targets keys held by the server)", "tenant", tid)
-	} else if err != nil {
-		return nil, err
 	}
 	image, err := ota.NewImage(ota.ImageConfig{Repo: repo, Blobs: ota.DirBlobs{Dir: s.otaBlobDir(tid)}, ManifestSigner: manifest, Now: s.now})
 	if err != nil {

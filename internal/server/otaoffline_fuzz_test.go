@@ -19,13 +19,13 @@ func FuzzCheckSBOM(f *testing.F) {
 	})
 }
 
-func FuzzOfflineTargetsKey(f *testing.F) {
+func FuzzOfflineKey(f *testing.F) {
 	der, _ := x509.MarshalPKIXPublicKey(ed25519.PublicKey(make([]byte, ed25519.PublicKeySize)))
 	f.Add(string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})))
 	f.Add("-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n")
 	f.Add("not a key")
 	f.Fuzz(func(t *testing.T, s string) {
-		k, err := offlineTargetsKey(s)
+		k, err := offlineKey(s)
 		if err != nil {
 			return
 		}

@@ -86,8 +86,8 @@ func TestOfflineTargetsSigning(t *testing.T) {
 	d.client() // pins image root 1 (development mode)
 
 	code, out, errs := online("release", "init-offline", "--tenant", "acme", "--targets-key", edPub, "--targets-key", ecPub,
-		"--threshold", "2", "--out", file("resign.json"))
-	if code != 0 || !strings.Contains(out, "version 2") || !regexp.MustCompile(`threshold\s+2\n`).MatchString(out) {
+		"--targets-threshold", "2", "--out", file("resign.json"))
+	if code != 0 || !strings.Contains(out, "version 2") || !regexp.MustCompile(`targets\s+2 of \S+, \S+ \(offline\)\n`).MatchString(out) {
 		t.Fatalf("init-offline: %d\n%s%s", code, out, errs)
 	}
 	img := randomImage(t)
@@ -178,7 +178,7 @@ func TestOfflineTargetsKeyChecks(t *testing.T) {
 	if code, _, errs := online("release", "init-offline", "--tenant", "acme", "--targets-key", edPriv); code != 1 || !strings.Contains(errs, "PUBLIC KEY") {
 		t.Fatalf("a private key file: %d %s", code, errs)
 	}
-	if code, _, errs := online("release", "init-offline", "--tenant", "acme", "--targets-key", edPub, "--threshold", "2"); code != 1 || !strings.Contains(errs, "threshold") {
+	if code, _, errs := online("release", "init-offline", "--tenant", "acme", "--targets-key", edPub, "--targets-threshold", "2"); code != 1 || !strings.Contains(errs, "threshold") {
 		t.Fatalf("threshold 2 of 1 key: %d %s", code, errs)
 	}
 	if code, out, errs := online("release", "init-offline", "--tenant", "acme", "--targets-key", edPub); code != 0 {
@@ -366,5 +366,176 @@ func TestOfflineTargetsSigningWithPKCS11(t *testing.T) {
 	}
 	if booted, j := d.update(agentota.SlotA); booted != agentota.SlotB || j.Phase != agentota.PhaseCommitted || j.Installed.Release != "fw@1.0" {
 		t.Fatalf("booted %s, journal %+v", booted, j)
+	}
+}
+
+// TestOfflineRootSigning: `ward release init-offline --root-key` (two
+// officers, threshold 2, plus an offline targets key) stages Image root
+// 2, already signed by the server's development root key. `ward release
+// commit` refuses it with one officer's signature and refuses a root the
+// officers signed that differs from the staged one; with both it is
+// imported and the server destroys its own root and targets keys (gone
+// from the database, not recreated on restart). From then on the server
+// alone can change nothing: a new targets key it registers stays pending
+// and an attacker's signature does not commit it; renewing the root needs
+// the officers too. The device, which pinned root 1 in development mode,
+// follows roots 2 and 3 and installs a release signed offline.
+func TestOfflineRootSigning(t *testing.T) {
+	openssl := needOpenSSL(t)
+	e := newESTEnv(t)
+	keys := t.TempDir()
+	r1Priv, r1Pub := opensslKey(t, openssl, keys, "root-1", "-algorithm", "ED25519")
+	r2Priv, r2Pub := opensslKey(t, openssl, keys, "root-2", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256")
+	tPriv, tPub := opensslKey(t, openssl, keys, "targets", "-algorithm", "ED25519")
+	evilPriv, evilPub := opensslKey(t, openssl, keys, "evil", "-algorithm", "ED25519")
+	files := t.TempDir()
+	file := func(n string) string { return filepath.Join(files, n) }
+	online := func(args ...string) (int, string, string) {
+		t.Helper()
+		return ward(t, append([]string{"--data", e.dir}, args...)...)
+	}
+	sign := func(in, key, out string) string {
+		t.Helper()
+		code, o, errs := ward(t, "release", "sign", "--in", file(in), "--key", key, "--out", file(out))
+		if code != 0 {
+			t.Fatalf("sign %s: %d\n%s%s", in, code, o, errs)
+		}
+		return o
+	}
+	sealedKey := func(name string) bool {
+		t.Helper()
+		var n int
+		db := e.srv.Store().(*sqlstore.DB)
+		if err := db.SQL().QueryRowContext(ctx, `SELECT COUNT(*) FROM ota_metadata WHERE tenant_id = 'acme' AND name = ?`, "keys/"+name+".sealed").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 1
+	}
+
+	d := e.otaDevice(t, "gw-root")
+	d.client() // pins image root 1 (development mode)
+	if !sealedKey("image-root") || !sealedKey("image-targets") {
+		t.Fatal("development mode: the server should hold its root and targets keys")
+	}
+
+	code, out, errs := online("release", "init-offline", "--tenant", "acme", "--root-key", r1Pub, "--root-key", r2Pub,
+		"--root-threshold", "2", "--targets-key", tPub, "--out", file("root2.json"))
+	if code != 0 || !regexp.MustCompile(`pending root\s+version 2 awaits`).MatchString(out) {
+		t.Fatalf("init-offline --root-key: %d\n%s%s", code, out, errs)
+	}
+	// Staged, not imported: root 1 still rules, signed only by the server.
+	var k api.ImageKeys
+	if err := e.adminClient(t).Do(ctx, "GET", "/api/v1/tenants/acme/releases/keys", nil, &k); err != nil {
+		t.Fatal(err)
+	}
+	if k.RootVersion != 1 || k.PendingRoot == nil || !k.Roles[0].Online || len(k.PendingRootRoles) != 4 ||
+		k.PendingRootRoles[0].Threshold != 2 || k.PendingRootRoles[0].Online || k.PendingRootRoles[1].Online {
+		t.Fatalf("keys after staging: %+v", k)
+	}
+
+	t.Setenv("WARD_ADDR", "")
+	t.Setenv("WARD_TOKEN", "")
+	t.Setenv("WARD_CACERT", "")
+	// The officer sees the keys they vouch for; the server's development
+	// root key signed when staging.
+	if o := sign("root2.json", r1Priv, "root2-r1.json"); !regexp.MustCompile(`(?m)^root\s+2 of `).MatchString(o) || !regexp.MustCompile(`signatures\s+2\n`).MatchString(o) {
+		t.Fatalf("sign shows the root it signs:\n%s", o)
+	}
+	sign("root2-r1.json", r2Priv, "root2-both.json")
+	// Officers signing something other than what was staged (here a later
+	// expiry) cannot commit it.
+	b, _ := os.ReadFile(file("root2-r1.json"))
+	var doc map[string]any
+	if err := json.Unmarshal(b, &doc); err != nil {
+		t.Fatal(err)
+	}
+	doc["signed"].(map[string]any)["expires"] = "2099-01-01T00:00:00Z"
+	doc["signatures"] = []any{}
+	tampered, _ := json.Marshal(doc)
+	os.WriteFile(file("tampered.json"), tampered, 0o600)
+	sign("tampered.json", r1Priv, "tampered-1.json")
+	sign("tampered-1.json", r2Priv, "tampered-2.json")
+
+	for bad, want := range map[string]string{"root2-r1.json": "threshold", "tampered-2.json": "staged"} {
+		code, out, errs := online("release", "commit", "--tenant", "acme", "--in", file(bad))
+		if code != 1 || !strings.Contains(errs, want) {
+			t.Fatalf("commit %s: %d, want a refusal naming %q\n%s%s", bad, code, want, out, errs)
+		}
+	}
+	code, out, errs = online("release", "commit", "--tenant", "acme", "--in", file("root2-both.json"))
+	if code != 0 || !regexp.MustCompile(`root\s+version 2 committed`).MatchString(out) || !regexp.MustCompile(`(?m)^root\s+2 of .*\(offline\)$`).MatchString(out) {
+		t.Fatalf("commit root 2: %d\n%s%s", code, out, errs)
+	}
+	if sealedKey("image-root") || sealedKey("image-targets") {
+		t.Fatal("the server still holds a root or targets key the new root does not list")
+	}
+	if !sealedKey("image-snapshot") || !sealedKey("image-timestamp") {
+		t.Fatal("the online snapshot and timestamp keys are gone")
+	}
+
+	// The server alone cannot rotate anything any more.
+	code, out, errs = online("release", "init-offline", "--tenant", "acme", "--targets-key", evilPub, "--out", file("evil-root.json"))
+	if code != 0 || !regexp.MustCompile(`pending root\s+version 3`).MatchString(out) {
+		t.Fatalf("a targets change under an offline root should only be staged: %d\n%s%s", code, out, errs)
+	}
+	sign("evil-root.json", evilPriv, "evil-signed.json")
+	if code, _, errs := online("release", "commit", "--tenant", "acme", "--in", file("evil-signed.json")); code != 1 || !strings.Contains(errs, "threshold") {
+		t.Fatalf("a root signed by an attacker's key: %d %s", code, errs)
+	}
+	// Renewal replaces the staged change, and needs both officers.
+	if code, out, errs := online("release", "renew-root", "--tenant", "acme", "--out", file("root3.json")); code != 0 || !regexp.MustCompile(`pending root\s+version 3`).MatchString(out) {
+		t.Fatalf("renew-root: %d\n%s%s", code, out, errs)
+	}
+	sign("root3.json", r1Priv, "root3-r1.json")
+	sign("root3-r1.json", r2Priv, "root3-both.json")
+	if code, out, errs := online("release", "commit", "--tenant", "acme", "--in", file("root3-both.json")); code != 0 || !strings.Contains(out, "version 3 committed") {
+		t.Fatalf("commit root 3: %d\n%s%s", code, out, errs)
+	}
+	if code, _, errs := online("release", "commit", "--tenant", "acme", "--in", file("root3-both.json")); code != 1 || !strings.Contains(errs, "409") {
+		t.Fatalf("root 3 committed twice: %d %s", code, errs)
+	}
+
+	// A release signed by the offline targets key reaches the device,
+	// which walks root 1 -> 2 -> 3.
+	if err := os.WriteFile(file("fw.img"), randomImage(t), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errs := online("release", "publish", "--tenant", "acme", "--name", "fw", "--version", "1.0", "--hw", otaHW,
+		"--security-version", "1", "--image", file("fw.img"), "--out", file("targets.json")); code != 0 {
+		t.Fatalf("publish: %d\n%s%s", code, out, errs)
+	}
+	sign("targets.json", tPriv, "targets-signed.json")
+	if code, out, errs := online("release", "commit", "--tenant", "acme", "--in", file("targets-signed.json")); code != 0 || !strings.Contains(out, "serving") {
+		t.Fatalf("commit targets: %d\n%s%s", code, out, errs)
+	}
+	if code, out, errs := online("release", "assign", "--tenant", "acme", "--device", d.id, "--release", "fw@1.0"); code != 0 {
+		t.Fatalf("assign: %d\n%s%s", code, out, errs)
+	}
+	if booted, j := d.update(agentota.SlotA); booted != agentota.SlotB || j.Phase != agentota.PhaseCommitted || j.Installed.Release != "fw@1.0" {
+		t.Fatalf("booted %s, journal %+v", booted, j)
+	}
+
+	recs, err := e.srv.Store().ListAudit(ctx, store.AuditFilter{Tenant: "acme", Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := map[string]int{}
+	for _, r := range recs {
+		count[r.Action+"/"+r.Result]++
+	}
+	if count["ota.key_destroyed/ok"] != 2 || count["ota.root_commit/denied"] != 4 || count["ota.root/ok"] != 2 || count["ota.root_staged/ok"] != 3 {
+		t.Fatalf("audit: %v", count)
+	}
+
+	// A restarted server does not make itself new root or targets keys.
+	e.restart(t)
+	if err := e.adminClient(t).Do(ctx, "GET", "/api/v1/tenants/acme/releases/keys", nil, &k); err != nil {
+		t.Fatal(err)
+	}
+	if k.RootVersion != 3 || k.Roles[0].Online || k.Roles[1].Online || !k.Roles[2].Online || !k.Roles[3].Online {
+		t.Fatalf("keys after restart: %+v", k)
+	}
+	if sealedKey("image-root") || sealedKey("image-targets") {
+		t.Fatal("a restart recreated the server's root or targets key")
 	}
 }

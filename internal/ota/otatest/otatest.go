@@ -78,6 +78,19 @@ func RunMetadataStoreTests(t *testing.T, open func(t *testing.T) tufrepo.Store) 
 		if _, err := s.Get(ctx, "image/2.root.json"); !errors.Is(err, tufrepo.ErrNotFound) {
 			t.Fatalf("missing name: got %v, want ErrNotFound", err)
 		}
+		// A destroyed online key is gone; other names stay.
+		if err := tufrepo.DestroyOnlineKey(ctx, s, "timestamp"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Get(ctx, "keys/timestamp.sealed"); !errors.Is(err, tufrepo.ErrNotFound) {
+			t.Fatalf("destroyed key: got %v, want ErrNotFound", err)
+		}
+		if err := tufrepo.DestroyOnlineKey(ctx, s, "timestamp"); err != nil {
+			t.Fatalf("destroying twice: %v", err)
+		}
+		if _, err := s.Get(ctx, "image/1.root.json"); err != nil {
+			t.Fatalf("another name after a delete: %v", err)
+		}
 	})
 	t.Run("ReadersSeeWholeDocuments", func(t *testing.T) {
 		s, ctx := open(t), context.Background()

@@ -152,27 +152,9 @@ type Sealer interface {
 // ever stored sealed; the AAD binds the ciphertext to its name so a
 // snapshot key cannot be swapped in for a timestamp key.
 func OnlineKey(ctx context.Context, st Store, s Sealer, name string) (Signer, error) {
-	aad := []byte("ward ota online key\x00" + name)
-	path := "keys/" + name + ".sealed"
-	sealed, err := st.Get(ctx, path)
-	switch {
-	case err == nil:
-		der, err := s.Open(sealed, aad)
-		if err != nil {
-			return nil, fmt.Errorf("tufrepo: unseal online key %q: %w", name, err)
-		}
-		k, err := x509.ParsePKCS8PrivateKey(der)
-		if err != nil {
-			return nil, fmt.Errorf("tufrepo: online key %q is corrupt", name)
-		}
-		cs, ok := k.(crypto.Signer)
-		if !ok {
-			return nil, fmt.Errorf("tufrepo: online key %q is corrupt", name)
-		}
-		return NewSigner(cs)
-	case errors.Is(err, ErrNotFound):
-	default:
-		return nil, err
+	k, err := LoadOnlineKey(ctx, st, s, name)
+	if !errors.Is(err, ErrNotFound) {
+		return k, err
 	}
 	signer, priv, err := GenerateKey()
 	if err != nil {
@@ -182,12 +164,53 @@ func OnlineKey(ctx context.Context, st Store, s Sealer, name string) (Signer, er
 	if err != nil {
 		return nil, err
 	}
-	sealed, err = s.Seal(der, aad)
+	sealed, err := s.Seal(der, onlineKeyAAD(name))
 	if err != nil {
 		return nil, fmt.Errorf("tufrepo: seal online key %q: %w", name, err)
 	}
-	if err := st.Put(ctx, path, sealed); err != nil {
+	if err := st.Put(ctx, onlineKeyPath(name), sealed); err != nil {
 		return nil, err
 	}
 	return signer, nil
+}
+
+func onlineKeyAAD(name string) []byte  { return []byte("ward ota online key\x00" + name) }
+func onlineKeyPath(name string) string { return "keys/" + name + ".sealed" }
+
+// LoadOnlineKey returns the online signing key stored under name, or
+// [ErrNotFound] if there is none (never made, or destroyed).
+func LoadOnlineKey(ctx context.Context, st Store, s Sealer, name string) (Signer, error) {
+	sealed, err := st.Get(ctx, onlineKeyPath(name))
+	if err != nil {
+		return nil, err
+	}
+	der, err := s.Open(sealed, onlineKeyAAD(name))
+	if err != nil {
+		return nil, fmt.Errorf("tufrepo: unseal online key %q: %w", name, err)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(der)
+	if err != nil {
+		return nil, fmt.Errorf("tufrepo: online key %q is corrupt", name)
+	}
+	cs, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("tufrepo: online key %q is corrupt", name)
+	}
+	return NewSigner(cs)
+}
+
+// Deleter is a [Store] that can delete a name.
+type Deleter interface {
+	Delete(ctx context.Context, name string) error
+}
+
+// DestroyOnlineKey deletes the sealed online key stored under name (a
+// key its role no longer lists). Deleting a name that is not there is
+// not an error.
+func DestroyOnlineKey(ctx context.Context, st Store, name string) error {
+	d, ok := st.(Deleter)
+	if !ok {
+		return fmt.Errorf("tufrepo: the store cannot delete key %q", name)
+	}
+	return d.Delete(ctx, onlineKeyPath(name))
 }

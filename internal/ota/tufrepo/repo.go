@@ -223,6 +223,9 @@ func (r *Repo) ImportRoot(ctx context.Context, data []byte) error {
 	if nr.Signed.ConsistentSnapshot {
 		return errors.New("tufrepo: consistent snapshots are not served; set consistent_snapshot false")
 	}
+	if err := r.checkOnlineRoles(&nr.Signed); err != nil {
+		return err
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	cur, err := r.root(ctx)

@@ -49,6 +49,14 @@ func (s *MemStore) Put(_ context.Context, name string, data []byte) error {
 	return nil
 }
 
+// Delete implements [Deleter].
+func (s *MemStore) Delete(_ context.Context, name string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.m, name)
+	return nil
+}
+
 // DirStore is a [Store] in a directory: one file per name, written to a
 // temporary file, synced and renamed so a crash leaves the old version.
 type DirStore struct{ Dir string }
@@ -103,6 +111,27 @@ func (s DirStore) Put(_ context.Context, name string, data []byte) error {
 		return err
 	}
 	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// Delete implements [Deleter]: the file is removed and its directory
+// synced.
+func (s DirStore) Delete(_ context.Context, name string) error {
+	p, err := s.path(name)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(p))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}

@@ -89,6 +89,16 @@ func (m *Metadata) Put(ctx context.Context, name string, data []byte) error {
 	return nil
 }
 
+// Delete implements tufrepo.Deleter (a destroyed online key). SQLite
+// overwrites the freed page (secure_delete); PostgreSQL keeps the dead
+// tuple until VACUUM.
+func (m *Metadata) Delete(ctx context.Context, name string) error {
+	if _, err := m.c.exec(ctx, `DELETE FROM ota_metadata WHERE tenant_id = ? AND name = ?`, m.c.tenant, name); err != nil {
+		return fmt.Errorf("delete ota metadata %s: %w", name, err)
+	}
+	return nil
+}
+
 // Rollouts is a rollout.Store: engine snapshots as JSON documents.
 type Rollouts struct{ c conn }
 
