@@ -2,10 +2,10 @@
 // images: a zstd frame compressed with the old image as a raw dictionary.
 //
 // zstd was measured on this machine against bsdiff on a 32 MiB image of Go
-// binaries: patches of the same size (1.88 MB vs 1.84 MB), 20x faster to
-// make, and a streaming apply that holds only the old image and the window
-// instead of old+patch+new (see /work/shared/notes/ota.md and
-// bench/ota-delta.sh). The device verifies the reconstructed image's hash
+// binaries (bench/ota-delta.sh): patches 2-4% larger (2.03 MB vs 1.95 MB,
+// xdelta3 -9 2.05 MB, in the 2026-11-21 run), 18-20x faster to make, and a
+// streaming apply that holds only the old image and the window instead of
+// old+patch+new (68 MiB peak RSS; see also /work/shared/notes/ota.md). The device verifies the reconstructed image's hash
 // against the full image target, never the patch alone.
 package delta
 
