@@ -151,6 +151,10 @@ type Engine struct {
 	resumeExecuted        int
 	devices               map[string]*device
 	order                 []*device
+	// resumeOutcomes counts the finished devices per terminal state at
+	// the last resume, as resumeExecuted counts them all: abort rules
+	// judge only what finished after it.
+	resumeOutcomes map[string]int
 }
 
 // Bucket is the device's deterministic position in a rollout, 0..99:
@@ -338,15 +342,17 @@ func (e *Engine) Pause(operator, reason string) ([]Action, error) {
 	return []Action{e.pause(fmt.Sprintf("paused by %s: %s", operator, reason))}, nil
 }
 
-// Resume continues a paused rollout. Abort criteria count again only
-// once more devices have finished, so the failures that caused the pause
-// do not pause it again at once.
+// Resume continues a paused rollout. The operator has judged the
+// outcomes that caused the pause, so from now on the abort rules
+// (minExecuted included) count only devices that finish after the
+// resume: the old failures neither pause it again at the next device
+// nor dilute new ones.
 func (e *Engine) Resume(operator string) ([]Action, error) {
 	if e.state != StatePaused {
 		return nil, ErrState
 	}
 	e.state, e.reason = StateRunning, "resumed by "+operator
-	e.resumeExecuted = e.executed()
+	e.resumeExecuted, e.resumeOutcomes = e.executed(), e.outcomes()
 	return e.Tick(), nil
 }
 
@@ -442,6 +448,17 @@ func (e *Engine) executed() int {
 	return n
 }
 
+// outcomes counts the devices in each terminal state.
+func (e *Engine) outcomes() map[string]int {
+	m := map[string]int{}
+	for _, d := range e.order {
+		if terminal(d.state) {
+			m[d.state]++
+		}
+	}
+	return m
+}
+
 // Tick advances the rollout to the clock: timeouts, abort criteria, phase
 // completion and soak, then starts devices inside their windows and the
 // rate limit. Call it periodically (every few seconds) and after events.
@@ -517,24 +534,33 @@ func (e *Engine) Tick() []Action {
 	return acts
 }
 
+// checkAbort applies the abort rules to the devices finished since the
+// last resume (all finished devices before any resume). A terminal device
+// never changes state again, so the counts since the resume are the
+// current counts minus those at the resume.
 func (e *Engine) checkAbort() []Action {
-	executed := e.executed()
-	if executed <= e.resumeExecuted {
+	executed := e.executed() - e.resumeExecuted
+	if executed <= 0 {
 		return nil
 	}
+	since := ""
+	if e.resumeExecuted > 0 {
+		since = " since the last resume"
+	}
+	now := e.outcomes()
 	for _, a := range e.spec.Abort {
 		if executed < max(a.MinExecuted, 1) {
 			continue
 		}
 		n := 0
-		for _, d := range e.order {
-			if slices.Contains(a.On, d.state) {
-				n++
+		for i, o := range a.On {
+			if !slices.Contains(a.On[:i], o) {
+				n += now[o] - e.resumeOutcomes[o]
 			}
 		}
 		if n*100 >= a.ThresholdPercent*executed {
-			reason := fmt.Sprintf("%d of %d executed devices %s (threshold %d%%) in %s",
-				n, executed, strings.Join(a.On, "/"), a.ThresholdPercent, e.phases[e.phase].name)
+			reason := fmt.Sprintf("%d of %d executed devices %s%s (threshold %d%%) in %s",
+				n, executed, strings.Join(a.On, "/"), since, a.ThresholdPercent, e.phases[e.phase].name)
 			if a.Action == "abort" {
 				return e.abort(reason)
 			}

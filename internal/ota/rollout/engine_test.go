@@ -187,6 +187,44 @@ abort:
 				t.Fatalf("not running after resume: %s", st)
 			}
 		},
+		"pause/resume-judges-only-later-outcomes": func(t *testing.T) {
+			r := newRun(t, baseSpec+`
+abort:
+  - {on: [rolled_back], thresholdPercent: 10, minExecuted: 5, action: pause}
+`, 200)
+			rolledBack := wire.OTAStatus{Rollout: "ro-1", Release: "fw@1.1.0", Phase: wire.OTAPhaseRolledBack}
+			first := started(r.record(r.e.Tick(), nil))
+			r.record(r.e.HandleStatus(first[0], rolledBack))
+			r.answer(first[1:])
+			if st, reason := r.e.State(); st != StatePaused || !strings.Contains(reason, "in canary") {
+				t.Fatalf("canary: %s %q", st, reason)
+			}
+			r.record(r.e.Resume("bob"))
+			// The baseline survives a restart.
+			b, _ := json.Marshal(r.e.Snapshot())
+			var snap Snapshot
+			if err := json.Unmarshal(b, &snap); err != nil {
+				t.Fatal(err)
+			}
+			e2, err := Restore(&snap, r.c.now, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.e = e2
+			r.c.add(time.Hour)
+			second := started(r.record(r.e.Tick(), nil))
+			// The canary's rollback no longer counts: four rollbacks since
+			// the resume are under minExecuted, the fifth pauses again.
+			for i, d := range second[:5] {
+				r.record(r.e.HandleStatus(d, rolledBack))
+				if st, reason := r.e.State(); i < 4 && st != StateRunning {
+					t.Fatalf("paused after %d rollbacks since the resume: %s", i+1, reason)
+				}
+			}
+			if st, reason := r.e.State(); st != StatePaused || reason != "5 of 5 executed devices rolled_back since the last resume (threshold 10%) in stage 1" {
+				t.Fatalf("after five stage rollbacks: %s %q", st, reason)
+			}
+		},
 		"pause/success-threshold": func(t *testing.T) {
 			r := newRun(t, baseSpec+"success: {minPercent: 100}\n", 100)
 			first := started(r.record(r.e.Tick(), nil))
