@@ -99,6 +99,16 @@ func (d *simDevice) report(j wire.OTAJob, phase string) {
 	}
 }
 
+// rollBack reports that the device's health check failed after the
+// update and it went back to its previous slot.
+func (d *simDevice) rollBack(j wire.OTAJob, why string) {
+	d.t.Helper()
+	b, _ := json.Marshal(wire.OTAStatus{Rollout: j.Rollout, Release: j.Release, Phase: wire.OTAPhaseRolledBack, Error: why, Time: time.Now()})
+	if err := d.conn.Publish(wire.TopicOTAStatus, b, 1); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
 // waitStatusIngested waits until the server audited the device's report
 // (ingestOTAStatus feeds the rollout before it audits).
 func (e *estEnv) waitStatusIngested(t *testing.T, device, phase string) {
