@@ -339,6 +339,53 @@ rate: {maxPerMinute: 8, initial: 2, factor: 2, every: 1m}
 	}
 }
 
+// TestAbortThresholds: a rule judges the share of executed devices in
+// its outcomes, at or above the threshold, once minExecuted finished.
+// Outcomes are fed in order; "ok" is a committed device passing its gate.
+func TestAbortThresholds(t *testing.T) {
+	for name, c := range map[string]struct {
+		rule     string
+		outcomes []string
+		want     string
+	}{
+		"pause/at-threshold": {`{on: [failed], thresholdPercent: 20, minExecuted: 5, action: pause}`,
+			[]string{"ok", "ok", "ok", "ok", "failed"}, StatePaused},
+		"ok/below-threshold": {`{on: [failed], thresholdPercent: 20, minExecuted: 5, action: pause}`,
+			[]string{"ok", "ok", "ok", "ok", "ok", "failed"}, StateRunning},
+		"ok/under-min-executed": {`{on: [failed], thresholdPercent: 20, minExecuted: 5, action: pause}`,
+			[]string{"failed", "failed", "failed", "failed"}, StateRunning},
+		"pause/min-executed-reached-by-a-success": {`{on: [failed], thresholdPercent: 20, minExecuted: 5, action: pause}`,
+			[]string{"failed", "ok", "ok", "ok", "ok"}, StatePaused},
+		"ok/outcome-not-listed": {`{on: [failed], thresholdPercent: 20, minExecuted: 5, action: pause}`,
+			[]string{"rolled_back", "rolled_back", "rolled_back", "rolled_back", "rolled_back"}, StateRunning},
+		"pause/outcomes-added-up": {`{on: [failed, rolled_back], thresholdPercent: 40, minExecuted: 5, action: pause}`,
+			[]string{"ok", "ok", "ok", "failed", "rolled_back"}, StatePaused},
+		"ok/outcome-listed-twice-counts-once": {`{on: [rolled_back, rolled_back], thresholdPercent: 50, minExecuted: 5, action: pause}`,
+			[]string{"ok", "ok", "ok", "rolled_back", "rolled_back"}, StateRunning},
+		"abort/action-abort": {`{on: [rolled_back], thresholdPercent: 100, minExecuted: 2, action: abort}`,
+			[]string{"rolled_back", "rolled_back"}, StateAborted},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := newRun(t, baseSpec+"abort: ["+c.rule+"]\n", 200)
+			first := started(r.record(r.e.Tick(), nil))
+			if len(first) < len(c.outcomes) {
+				t.Fatalf("canary of %d devices", len(first))
+			}
+			for i, o := range c.outcomes {
+				d := first[i]
+				if o == "ok" {
+					r.answer([]string{d})
+					continue
+				}
+				r.record(r.e.HandleStatus(d, wire.OTAStatus{Rollout: "ro-1", Release: "fw@1.1.0", Phase: o}))
+			}
+			if st, reason := r.e.State(); st != c.want {
+				t.Fatalf("state %s (%s), want %s", st, reason, c.want)
+			}
+		})
+	}
+}
+
 // openMinutes counts the minutes of the UTC day [from, from+span) during
 // which the device may start.
 func openMinutes(e *Engine, dev string, from time.Time, span time.Duration) int {
