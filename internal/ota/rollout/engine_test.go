@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -462,6 +463,31 @@ func TestMaintenanceWindows(t *testing.T) {
 			day := time.Date(2026, 3, 8, 5, 0, 0, 0, time.UTC) // local midnight EST
 			if n := openMinutes(e, "d", day, 23*time.Hour); n != 30 {
 				t.Fatalf("window open %d minutes, want 30 (01:30-02:00 EST)", n)
+			}
+		},
+		"dst/zones-start-at-local-time-on-a-change-day": func(t *testing.T) {
+			// 29 March 2026: Berlin springs forward at 02:00 CET, New York
+			// has been on summer time for three weeks, Tokyo has none.
+			e := windowEngine(t, `{start: "03:00", end: "05:00"}`, map[string]string{
+				"tokyo": "Asia/Tokyo", "berlin": "Europe/Berlin", "ny": "America/New_York", "none": ""})
+			c := &clock{t: time.Date(2026, 3, 28, 12, 0, 0, 0, time.UTC)}
+			e.now = c.now
+			first := map[string]time.Time{}
+			for ; c.t.Before(time.Date(2026, 3, 29, 12, 0, 0, 0, time.UTC)); c.add(time.Minute) {
+				for _, d := range started(e.Tick()) {
+					if _, ok := first[d]; !ok {
+						first[d] = c.t
+					}
+				}
+			}
+			want := map[string]time.Time{
+				"tokyo":  time.Date(2026, 3, 28, 18, 0, 0, 0, time.UTC), // 03:00 JST
+				"berlin": time.Date(2026, 3, 29, 1, 0, 0, 0, time.UTC),  // 03:00 CEST, the minute after 01:59 CET
+				"none":   time.Date(2026, 3, 29, 3, 0, 0, 0, time.UTC),  // no zone tag: UTC
+				"ny":     time.Date(2026, 3, 29, 7, 0, 0, 0, time.UTC),  // 03:00 EDT
+			}
+			if !maps.Equal(first, want) {
+				t.Fatalf("first starts %v, want %v", first, want)
 			}
 		},
 		"ok/outside-window-devices-wait": func(t *testing.T) {
