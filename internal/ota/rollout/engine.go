@@ -155,6 +155,9 @@ type Engine struct {
 	// the last resume, as resumeExecuted counts them all: abort rules
 	// judge only what finished after it.
 	resumeOutcomes map[string]int
+	// phaseAccepted: an operator resumed after the current phase had
+	// finished, accepting its success share.
+	phaseAccepted bool
 }
 
 // Bucket is the device's deterministic position in a rollout, 0..99:
@@ -346,13 +349,17 @@ func (e *Engine) Pause(operator, reason string) ([]Action, error) {
 // outcomes that caused the pause, so from now on the abort rules
 // (minExecuted included) count only devices that finish after the
 // resume: the old failures neither pause it again at the next device
-// nor dilute new ones.
+// nor dilute new ones. If the current phase has finished, its success
+// share is accepted as it is; otherwise the success threshold still
+// judges it when it finishes.
 func (e *Engine) Resume(operator string) ([]Action, error) {
 	if e.state != StatePaused {
 		return nil, ErrState
 	}
 	e.state, e.reason = StateRunning, "resumed by "+operator
 	e.resumeExecuted, e.resumeOutcomes = e.executed(), e.outcomes()
+	total, done, _ := e.phaseCounts()
+	e.phaseAccepted = done == total
 	return e.Tick(), nil
 }
 
@@ -448,6 +455,23 @@ func (e *Engine) executed() int {
 	return n
 }
 
+// phaseCounts counts the current phase's devices, those finished and
+// those succeeded.
+func (e *Engine) phaseCounts() (total, done, ok int) {
+	for _, d := range e.order {
+		if d.phase == e.phase {
+			total++
+			if terminal(d.state) {
+				done++
+			}
+			if d.state == DeviceSucceeded {
+				ok++
+			}
+		}
+	}
+	return total, done, ok
+}
+
 // outcomes counts the devices in each terminal state.
 func (e *Engine) outcomes() map[string]int {
 	m := map[string]int{}
@@ -482,23 +506,12 @@ func (e *Engine) Tick() []Action {
 		return append(acts, a...)
 	}
 	for {
-		total, done, ok := 0, 0, 0
-		for _, d := range e.order {
-			if d.phase == e.phase {
-				total++
-				if terminal(d.state) {
-					done++
-				}
-				if d.state == DeviceSucceeded {
-					ok++
-				}
-			}
-		}
+		total, done, ok := e.phaseCounts()
 		if done < total {
 			break
 		}
 		p := e.phases[e.phase]
-		if total > 0 && ok*100 < e.spec.Success.MinPercent*total {
+		if total > 0 && ok*100 < e.spec.Success.MinPercent*total && !e.phaseAccepted {
 			return append(acts, e.pause(fmt.Sprintf("%s: %d of %d devices succeeded, below the %d%% success threshold", p.name, ok, total, e.spec.Success.MinPercent)))
 		}
 		if e.phaseDoneAt.IsZero() {
@@ -512,7 +525,7 @@ func (e *Engine) Tick() []Action {
 			return append(acts, Action{Kind: ActComplete, Reason: e.reason})
 		}
 		e.phase++
-		e.phaseDoneAt = time.Time{}
+		e.phaseDoneAt, e.phaseAccepted = time.Time{}, false
 	}
 	budget := e.budget(now)
 	for _, d := range e.order {

@@ -235,6 +235,38 @@ abort:
 				t.Fatalf("state %s %q", st, reason)
 			}
 		},
+		"ok/resume-accepts-a-finished-phase-below-success-threshold": func(t *testing.T) {
+			r := newRun(t, baseSpec+"success: {minPercent: 100}\n", 100)
+			first := started(r.record(r.e.Tick(), nil))
+			// Paused by the operator mid-canary, resumed: the canary is
+			// not finished, so the threshold still judges it.
+			r.record(r.e.Pause("bob", "checking dashboards"))
+			r.record(r.e.Resume("bob"))
+			r.fails[first[0]] = true
+			r.answer(first)
+			if st, reason := r.e.State(); st != StatePaused || !strings.Contains(reason, "canary: ") {
+				t.Fatalf("canary below the threshold: %s %q", st, reason)
+			}
+			// Resumed after it finished: the canary is accepted, and
+			// stays accepted across a restart.
+			r.record(r.e.Resume("bob"))
+			e2, err := Restore(r.e.Snapshot(), r.c.now, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.e = e2
+			r.c.add(time.Hour)
+			second := started(r.record(r.e.Tick(), nil))
+			if st, _ := r.e.State(); st != StateRunning || !slices.Equal(r.phaseOf(second), []int{1}) {
+				t.Fatalf("after accepting the canary: %s, stage 1 started %v", st, second)
+			}
+			// The next phase is judged again.
+			r.fails[second[0]] = true
+			r.answer(second)
+			if st, reason := r.e.State(); st != StatePaused || !strings.Contains(reason, "stage 1: ") {
+				t.Fatalf("stage 1 below the threshold: %s %q", st, reason)
+			}
+		},
 		"abort/rolled-back-rolls-back-in-progress": func(t *testing.T) {
 			r := newRun(t, baseSpec+`
 abort:

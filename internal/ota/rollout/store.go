@@ -29,6 +29,9 @@ type Snapshot struct {
 	// then count every outcome against the devices finished since the
 	// resume, which pauses early rather than late.
 	ResumeOutcomes map[string]int `json:"resume_outcomes,omitempty"`
+	// PhaseAccepted: an operator resumed after the current phase had
+	// finished, accepting its success share.
+	PhaseAccepted bool `json:"phase_accepted,omitempty"`
 }
 
 // DeviceSnapshot is a device's persistent state in a rollout.
@@ -46,7 +49,7 @@ func (e *Engine) Snapshot() *Snapshot {
 		ID: e.id, Creator: e.creator, Approver: e.approver, Spec: *e.spec, State: e.state, Reason: e.reason,
 		Phase: e.phase, PhaseDoneAt: e.phaseDoneAt, RunningSince: e.runningSince,
 		Starts: append([]time.Time(nil), e.starts...), ResumeExecuted: e.resumeExecuted,
-		ResumeOutcomes: maps.Clone(e.resumeOutcomes),
+		ResumeOutcomes: maps.Clone(e.resumeOutcomes), PhaseAccepted: e.phaseAccepted,
 	}
 	for _, d := range e.order {
 		s.Devices = append(s.Devices, DeviceSnapshot{Device: d.Device, State: d.state, Attempts: d.attempts, Started: d.started, Deadline: d.deadline})
@@ -74,7 +77,7 @@ func Restore(s *Snapshot, now func() time.Time, loadLocation func(string) (*time
 	}
 	e.approver, e.state, e.reason, e.phase = s.Approver, s.State, s.Reason, s.Phase
 	e.phaseDoneAt, e.runningSince, e.starts, e.resumeExecuted = s.PhaseDoneAt, s.RunningSince, s.Starts, s.ResumeExecuted
-	e.resumeOutcomes = maps.Clone(s.ResumeOutcomes)
+	e.resumeOutcomes, e.phaseAccepted = maps.Clone(s.ResumeOutcomes), s.PhaseAccepted
 	for _, d := range s.Devices {
 		if r := e.devices[d.ID]; r != nil {
 			r.state, r.attempts, r.started, r.deadline = d.State, d.Attempts, d.Started, d.Deadline
