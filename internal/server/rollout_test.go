@@ -31,10 +31,22 @@ type simDevice struct {
 
 func (e *estEnv) simDevice(t *testing.T, id, release string) *simDevice {
 	t.Helper()
-	a := e.enrollAgent(t, id)
-	c, err := a.ConnectMQTT(ctx, e.srv.MQTTAddr())
+	d, err := e.newSimDevice(t, id, release)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return d
+}
+
+// newSimDevice is simDevice returning its error, so goroutines can use it.
+func (e *estEnv) newSimDevice(t *testing.T, id, release string) (*simDevice, error) {
+	a, err := e.enroll(t, id)
+	if err != nil {
+		return nil, err
+	}
+	c, err := a.ConnectMQTT(ctx, e.srv.MQTTAddr())
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", id, err)
 	}
 	t.Cleanup(c.Close)
 	d := &simDevice{t: t, id: id, conn: c, jobs: make(chan wire.OTAJob, 8)}
@@ -44,18 +56,17 @@ func (e *estEnv) simDevice(t *testing.T, id, release string) *simDevice {
 			d.jobs <- j
 		}
 	}); err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("%s: %w", id, err)
 	}
 	rep, _ := json.Marshal(wire.TwinReported{Twin: wire.DefaultTwinName,
 		Patch: json.RawMessage(`{"firmware":{"hw_model":"` + otaHW + `","release":"` + release + `"}}`)})
 	if err := c.Publish(wire.TopicTwinReported, rep, 1); err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("%s: %w", id, err)
 	}
-	waitUntil(t, "the twin of "+id, func() bool {
+	return d, poll("the twin of "+id, func() bool {
 		tw, err := e.srv.Twins.Get(ctx, "acme", id, wire.DefaultTwinName)
 		return err == nil && strings.Contains(string(tw.Reported.Doc), release)
 	})
-	return d
 }
 
 // job waits for the device's next job.
@@ -83,6 +94,16 @@ func (d *simDevice) noJob() {
 func (d *simDevice) report(j wire.OTAJob, phase string) {
 	d.t.Helper()
 	b, _ := json.Marshal(wire.OTAStatus{Rollout: j.Rollout, Release: j.Release, Phase: phase, Time: time.Now()})
+	if err := d.conn.Publish(wire.TopicOTAStatus, b, 1); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+// rollBack reports that the device's health check failed after the
+// update and it went back to its previous slot.
+func (d *simDevice) rollBack(j wire.OTAJob, why string) {
+	d.t.Helper()
+	b, _ := json.Marshal(wire.OTAStatus{Rollout: j.Rollout, Release: j.Release, Phase: wire.OTAPhaseRolledBack, Error: why, Time: time.Now()})
 	if err := d.conn.Publish(wire.TopicOTAStatus, b, 1); err != nil {
 		d.t.Fatal(err)
 	}

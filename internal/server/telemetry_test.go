@@ -1,6 +1,8 @@
 package server_test
 
 import (
+	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -9,6 +11,7 @@ import (
 	"github.com/wardiot/ward/agent"
 	"github.com/wardiot/ward/agent/keystore"
 	"github.com/wardiot/ward/internal/store"
+	"github.com/wardiot/ward/internal/tenant"
 	"github.com/wardiot/ward/wire"
 )
 
@@ -18,24 +21,40 @@ const tempSchema = `{"type":"object","properties":{"celsius":{"type":"number"},"
 // in-process server and returns the agent.
 func (e *estEnv) enrollAgent(t *testing.T, device string) *agent.Agent {
 	t.Helper()
+	a, err := e.enroll(t, device)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// enroll is enrollAgent returning its error, so goroutines can use it.
+func (e *estEnv) enroll(t *testing.T, device string) (*agent.Agent, error) {
 	dir := t.TempDir()
 	ks, err := keystore.Open("file:" + filepath.Join(dir, "keys"))
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	t.Cleanup(func() { ks.Close() })
-	ca, _ := readFile(t, filepath.Join(e.dir, "ca.pem"))
+	ca, err := os.ReadFile(filepath.Join(e.dir, "ca.pem"))
+	if err != nil {
+		return nil, err
+	}
+	tok, _, err := e.srv.Tokens.Create(ctx, nil, tenant.NewTokenRequest{Kind: store.TokenEnroll, Tenant: "acme", Device: device, TTL: time.Hour})
+	if err != nil {
+		return nil, err
+	}
 	cfg := agent.Config{Server: "https://" + e.srv.APIAddr(), CABundle: ca, Tenant: "acme", Device: device, Keystore: ks,
 		StateDir: filepath.Join(dir, "state")}
-	if _, err := agent.Enroll(ctx, cfg, agent.Token(e.token(t, "acme", device, time.Hour))); err != nil {
-		t.Fatal(err)
+	if _, err := agent.Enroll(ctx, cfg, agent.Token(tok)); err != nil {
+		return nil, fmt.Errorf("enroll %s: %w", device, err)
 	}
 	a, err := agent.New(agent.Config{Keystore: ks, StateDir: cfg.StateDir})
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	t.Cleanup(func() { a.Close() })
-	return a
+	return a, nil
 }
 
 // TestSignedTelemetryOverMQTT: a device signs readings with its key and
@@ -108,11 +127,19 @@ func TestSignedTelemetryOverMQTT(t *testing.T) {
 
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
+	if err := poll(what, cond); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// poll is waitUntil returning its error, so goroutines can use it.
+func poll(what string, cond func() bool) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+			return fmt.Errorf("timed out waiting for %s", what)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	return nil
 }

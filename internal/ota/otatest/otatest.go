@@ -141,6 +141,7 @@ func Snapshot(id string) *rollout.Snapshot {
 		ID: id, Creator: "alice", Approver: "bob", State: "running", Reason: "stage 1 soaking",
 		Phase: 1, PhaseDoneAt: t0, RunningSince: t0.Add(-time.Hour),
 		Starts: []time.Time{t0.Add(-time.Minute), t0}, ResumeExecuted: 3,
+		ResumeOutcomes: map[string]int{rollout.DeviceSucceeded: 2, rollout.DeviceFailed: 1}, PhaseAccepted: true,
 		Spec: rollout.Spec{
 			Release: "fw@1.1.0", Target: "gw-100/fw-1.1.0.img",
 			Selector: rollout.Selector{Tags: map[string]string{"site": "lyon"}, Hardware: "gw-100"},

@@ -151,6 +151,13 @@ type Engine struct {
 	resumeExecuted        int
 	devices               map[string]*device
 	order                 []*device
+	// resumeOutcomes counts the finished devices per terminal state at
+	// the last resume, as resumeExecuted counts them all: abort rules
+	// judge only what finished after it.
+	resumeOutcomes map[string]int
+	// phaseAccepted: an operator resumed after the current phase had
+	// finished, accepting its success share.
+	phaseAccepted bool
 }
 
 // Bucket is the device's deterministic position in a rollout, 0..99:
@@ -338,15 +345,21 @@ func (e *Engine) Pause(operator, reason string) ([]Action, error) {
 	return []Action{e.pause(fmt.Sprintf("paused by %s: %s", operator, reason))}, nil
 }
 
-// Resume continues a paused rollout. Abort criteria count again only
-// once more devices have finished, so the failures that caused the pause
-// do not pause it again at once.
+// Resume continues a paused rollout. The operator has judged the
+// outcomes that caused the pause, so from now on the abort rules
+// (minExecuted included) count only devices that finish after the
+// resume: the old failures neither pause it again at the next device
+// nor dilute new ones. If the current phase has finished, its success
+// share is accepted as it is; otherwise the success threshold still
+// judges it when it finishes.
 func (e *Engine) Resume(operator string) ([]Action, error) {
 	if e.state != StatePaused {
 		return nil, ErrState
 	}
 	e.state, e.reason = StateRunning, "resumed by "+operator
-	e.resumeExecuted = e.executed()
+	e.resumeExecuted, e.resumeOutcomes = e.executed(), e.outcomes()
+	total, done, _ := e.phaseCounts()
+	e.phaseAccepted = done == total
 	return e.Tick(), nil
 }
 
@@ -442,6 +455,34 @@ func (e *Engine) executed() int {
 	return n
 }
 
+// phaseCounts counts the current phase's devices, those finished and
+// those succeeded.
+func (e *Engine) phaseCounts() (total, done, ok int) {
+	for _, d := range e.order {
+		if d.phase == e.phase {
+			total++
+			if terminal(d.state) {
+				done++
+			}
+			if d.state == DeviceSucceeded {
+				ok++
+			}
+		}
+	}
+	return total, done, ok
+}
+
+// outcomes counts the devices in each terminal state.
+func (e *Engine) outcomes() map[string]int {
+	m := map[string]int{}
+	for _, d := range e.order {
+		if terminal(d.state) {
+			m[d.state]++
+		}
+	}
+	return m
+}
+
 // Tick advances the rollout to the clock: timeouts, abort criteria, phase
 // completion and soak, then starts devices inside their windows and the
 // rate limit. Call it periodically (every few seconds) and after events.
@@ -465,23 +506,12 @@ func (e *Engine) Tick() []Action {
 		return append(acts, a...)
 	}
 	for {
-		total, done, ok := 0, 0, 0
-		for _, d := range e.order {
-			if d.phase == e.phase {
-				total++
-				if terminal(d.state) {
-					done++
-				}
-				if d.state == DeviceSucceeded {
-					ok++
-				}
-			}
-		}
+		total, done, ok := e.phaseCounts()
 		if done < total {
 			break
 		}
 		p := e.phases[e.phase]
-		if total > 0 && ok*100 < e.spec.Success.MinPercent*total {
+		if total > 0 && ok*100 < e.spec.Success.MinPercent*total && !e.phaseAccepted {
 			return append(acts, e.pause(fmt.Sprintf("%s: %d of %d devices succeeded, below the %d%% success threshold", p.name, ok, total, e.spec.Success.MinPercent)))
 		}
 		if e.phaseDoneAt.IsZero() {
@@ -495,7 +525,7 @@ func (e *Engine) Tick() []Action {
 			return append(acts, Action{Kind: ActComplete, Reason: e.reason})
 		}
 		e.phase++
-		e.phaseDoneAt = time.Time{}
+		e.phaseDoneAt, e.phaseAccepted = time.Time{}, false
 	}
 	budget := e.budget(now)
 	for _, d := range e.order {
@@ -517,24 +547,33 @@ func (e *Engine) Tick() []Action {
 	return acts
 }
 
+// checkAbort applies the abort rules to the devices finished since the
+// last resume (all finished devices before any resume). A terminal device
+// never changes state again, so the counts since the resume are the
+// current counts minus those at the resume.
 func (e *Engine) checkAbort() []Action {
-	executed := e.executed()
-	if executed <= e.resumeExecuted {
+	executed := e.executed() - e.resumeExecuted
+	if executed <= 0 {
 		return nil
 	}
+	since := ""
+	if e.resumeExecuted > 0 {
+		since = " since the last resume"
+	}
+	now := e.outcomes()
 	for _, a := range e.spec.Abort {
 		if executed < max(a.MinExecuted, 1) {
 			continue
 		}
 		n := 0
-		for _, d := range e.order {
-			if slices.Contains(a.On, d.state) {
-				n++
+		for i, o := range a.On {
+			if !slices.Contains(a.On[:i], o) {
+				n += now[o] - e.resumeOutcomes[o]
 			}
 		}
 		if n*100 >= a.ThresholdPercent*executed {
-			reason := fmt.Sprintf("%d of %d executed devices %s (threshold %d%%) in %s",
-				n, executed, strings.Join(a.On, "/"), a.ThresholdPercent, e.phases[e.phase].name)
+			reason := fmt.Sprintf("%d of %d executed devices %s%s (threshold %d%%) in %s",
+				n, executed, strings.Join(a.On, "/"), since, a.ThresholdPercent, e.phases[e.phase].name)
 			if a.Action == "abort" {
 				return e.abort(reason)
 			}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -187,6 +188,44 @@ abort:
 				t.Fatalf("not running after resume: %s", st)
 			}
 		},
+		"pause/resume-judges-only-later-outcomes": func(t *testing.T) {
+			r := newRun(t, baseSpec+`
+abort:
+  - {on: [rolled_back], thresholdPercent: 10, minExecuted: 5, action: pause}
+`, 200)
+			rolledBack := wire.OTAStatus{Rollout: "ro-1", Release: "fw@1.1.0", Phase: wire.OTAPhaseRolledBack}
+			first := started(r.record(r.e.Tick(), nil))
+			r.record(r.e.HandleStatus(first[0], rolledBack))
+			r.answer(first[1:])
+			if st, reason := r.e.State(); st != StatePaused || !strings.Contains(reason, "in canary") {
+				t.Fatalf("canary: %s %q", st, reason)
+			}
+			r.record(r.e.Resume("bob"))
+			// The baseline survives a restart.
+			b, _ := json.Marshal(r.e.Snapshot())
+			var snap Snapshot
+			if err := json.Unmarshal(b, &snap); err != nil {
+				t.Fatal(err)
+			}
+			e2, err := Restore(&snap, r.c.now, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.e = e2
+			r.c.add(time.Hour)
+			second := started(r.record(r.e.Tick(), nil))
+			// The canary's rollback no longer counts: four rollbacks since
+			// the resume are under minExecuted, the fifth pauses again.
+			for i, d := range second[:5] {
+				r.record(r.e.HandleStatus(d, rolledBack))
+				if st, reason := r.e.State(); i < 4 && st != StateRunning {
+					t.Fatalf("paused after %d rollbacks since the resume: %s", i+1, reason)
+				}
+			}
+			if st, reason := r.e.State(); st != StatePaused || reason != "5 of 5 executed devices rolled_back since the last resume (threshold 10%) in stage 1" {
+				t.Fatalf("after five stage rollbacks: %s %q", st, reason)
+			}
+		},
 		"pause/success-threshold": func(t *testing.T) {
 			r := newRun(t, baseSpec+"success: {minPercent: 100}\n", 100)
 			first := started(r.record(r.e.Tick(), nil))
@@ -194,6 +233,38 @@ abort:
 			r.answer(first)
 			if st, reason := r.e.State(); st != StatePaused || !strings.Contains(reason, "success threshold") {
 				t.Fatalf("state %s %q", st, reason)
+			}
+		},
+		"ok/resume-accepts-a-finished-phase-below-success-threshold": func(t *testing.T) {
+			r := newRun(t, baseSpec+"success: {minPercent: 100}\n", 100)
+			first := started(r.record(r.e.Tick(), nil))
+			// Paused by the operator mid-canary, resumed: the canary is
+			// not finished, so the threshold still judges it.
+			r.record(r.e.Pause("bob", "checking dashboards"))
+			r.record(r.e.Resume("bob"))
+			r.fails[first[0]] = true
+			r.answer(first)
+			if st, reason := r.e.State(); st != StatePaused || !strings.Contains(reason, "canary: ") {
+				t.Fatalf("canary below the threshold: %s %q", st, reason)
+			}
+			// Resumed after it finished: the canary is accepted, and
+			// stays accepted across a restart.
+			r.record(r.e.Resume("bob"))
+			e2, err := Restore(r.e.Snapshot(), r.c.now, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.e = e2
+			r.c.add(time.Hour)
+			second := started(r.record(r.e.Tick(), nil))
+			if st, _ := r.e.State(); st != StateRunning || !slices.Equal(r.phaseOf(second), []int{1}) {
+				t.Fatalf("after accepting the canary: %s, stage 1 started %v", st, second)
+			}
+			// The next phase is judged again.
+			r.fails[second[0]] = true
+			r.answer(second)
+			if st, reason := r.e.State(); st != StatePaused || !strings.Contains(reason, "stage 1: ") {
+				t.Fatalf("stage 1 below the threshold: %s %q", st, reason)
 			}
 		},
 		"abort/rolled-back-rolls-back-in-progress": func(t *testing.T) {
@@ -301,6 +372,53 @@ rate: {maxPerMinute: 8, initial: 2, factor: 2, every: 1m}
 	}
 }
 
+// TestAbortThresholds: a rule judges the share of executed devices in
+// its outcomes, at or above the threshold, once minExecuted finished.
+// Outcomes are fed in order; "ok" is a committed device passing its gate.
+func TestAbortThresholds(t *testing.T) {
+	for name, c := range map[string]struct {
+		rule     string
+		outcomes []string
+		want     string
+	}{
+		"pause/at-threshold": {`{on: [failed], thresholdPercent: 20, minExecuted: 5, action: pause}`,
+			[]string{"ok", "ok", "ok", "ok", "failed"}, StatePaused},
+		"ok/below-threshold": {`{on: [failed], thresholdPercent: 20, minExecuted: 5, action: pause}`,
+			[]string{"ok", "ok", "ok", "ok", "ok", "failed"}, StateRunning},
+		"ok/under-min-executed": {`{on: [failed], thresholdPercent: 20, minExecuted: 5, action: pause}`,
+			[]string{"failed", "failed", "failed", "failed"}, StateRunning},
+		"pause/min-executed-reached-by-a-success": {`{on: [failed], thresholdPercent: 20, minExecuted: 5, action: pause}`,
+			[]string{"failed", "ok", "ok", "ok", "ok"}, StatePaused},
+		"ok/outcome-not-listed": {`{on: [failed], thresholdPercent: 20, minExecuted: 5, action: pause}`,
+			[]string{"rolled_back", "rolled_back", "rolled_back", "rolled_back", "rolled_back"}, StateRunning},
+		"pause/outcomes-added-up": {`{on: [failed, rolled_back], thresholdPercent: 40, minExecuted: 5, action: pause}`,
+			[]string{"ok", "ok", "ok", "failed", "rolled_back"}, StatePaused},
+		"ok/outcome-listed-twice-counts-once": {`{on: [rolled_back, rolled_back], thresholdPercent: 50, minExecuted: 5, action: pause}`,
+			[]string{"ok", "ok", "ok", "rolled_back", "rolled_back"}, StateRunning},
+		"abort/action-abort": {`{on: [rolled_back], thresholdPercent: 100, minExecuted: 2, action: abort}`,
+			[]string{"rolled_back", "rolled_back"}, StateAborted},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := newRun(t, baseSpec+"abort: ["+c.rule+"]\n", 200)
+			first := started(r.record(r.e.Tick(), nil))
+			if len(first) < len(c.outcomes) {
+				t.Fatalf("canary of %d devices", len(first))
+			}
+			for i, o := range c.outcomes {
+				d := first[i]
+				if o == "ok" {
+					r.answer([]string{d})
+					continue
+				}
+				r.record(r.e.HandleStatus(d, wire.OTAStatus{Rollout: "ro-1", Release: "fw@1.1.0", Phase: o}))
+			}
+			if st, reason := r.e.State(); st != c.want {
+				t.Fatalf("state %s (%s), want %s", st, reason, c.want)
+			}
+		})
+	}
+}
+
 // openMinutes counts the minutes of the UTC day [from, from+span) during
 // which the device may start.
 func openMinutes(e *Engine, dev string, from time.Time, span time.Duration) int {
@@ -377,6 +495,31 @@ func TestMaintenanceWindows(t *testing.T) {
 			day := time.Date(2026, 3, 8, 5, 0, 0, 0, time.UTC) // local midnight EST
 			if n := openMinutes(e, "d", day, 23*time.Hour); n != 30 {
 				t.Fatalf("window open %d minutes, want 30 (01:30-02:00 EST)", n)
+			}
+		},
+		"dst/zones-start-at-local-time-on-a-change-day": func(t *testing.T) {
+			// 29 March 2026: Berlin springs forward at 02:00 CET, New York
+			// has been on summer time for three weeks, Tokyo has none.
+			e := windowEngine(t, `{start: "03:00", end: "05:00"}`, map[string]string{
+				"tokyo": "Asia/Tokyo", "berlin": "Europe/Berlin", "ny": "America/New_York", "none": ""})
+			c := &clock{t: time.Date(2026, 3, 28, 12, 0, 0, 0, time.UTC)}
+			e.now = c.now
+			first := map[string]time.Time{}
+			for ; c.t.Before(time.Date(2026, 3, 29, 12, 0, 0, 0, time.UTC)); c.add(time.Minute) {
+				for _, d := range started(e.Tick()) {
+					if _, ok := first[d]; !ok {
+						first[d] = c.t
+					}
+				}
+			}
+			want := map[string]time.Time{
+				"tokyo":  time.Date(2026, 3, 28, 18, 0, 0, 0, time.UTC), // 03:00 JST
+				"berlin": time.Date(2026, 3, 29, 1, 0, 0, 0, time.UTC),  // 03:00 CEST, the minute after 01:59 CET
+				"none":   time.Date(2026, 3, 29, 3, 0, 0, 0, time.UTC),  // no zone tag: UTC
+				"ny":     time.Date(2026, 3, 29, 7, 0, 0, 0, time.UTC),  // 03:00 EDT
+			}
+			if !maps.Equal(first, want) {
+				t.Fatalf("first starts %v, want %v", first, want)
 			}
 		},
 		"ok/outside-window-devices-wait": func(t *testing.T) {

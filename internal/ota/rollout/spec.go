@@ -76,7 +76,8 @@ type Rate struct {
 }
 
 // Success is the share of a phase's devices that must succeed before the
-// next phase starts.
+// next phase starts. A finished phase below it pauses the rollout; an
+// operator's resume accepts the phase as it is.
 type Success struct {
 	MinPercent int `yaml:"minPercent"`
 }

@@ -3,6 +3,7 @@ package rollout
 import (
 	"context"
 	"errors"
+	"maps"
 	"sync"
 	"time"
 )
@@ -23,6 +24,14 @@ type Snapshot struct {
 	Starts         []time.Time      `json:"starts,omitempty"`
 	ResumeExecuted int              `json:"resume_executed"`
 	Devices        []DeviceSnapshot `json:"devices"`
+	// ResumeOutcomes counts devices per terminal state at the last
+	// resume. A snapshot from before it existed has none: its abort rules
+	// then count every outcome against the devices finished since the
+	// resume, which pauses early rather than late.
+	ResumeOutcomes map[string]int `json:"resume_outcomes,omitempty"`
+	// PhaseAccepted: an operator resumed after the current phase had
+	// finished, accepting its success share.
+	PhaseAccepted bool `json:"phase_accepted,omitempty"`
 }
 
 // DeviceSnapshot is a device's persistent state in a rollout.
@@ -40,6 +49,7 @@ func (e *Engine) Snapshot() *Snapshot {
 		ID: e.id, Creator: e.creator, Approver: e.approver, Spec: *e.spec, State: e.state, Reason: e.reason,
 		Phase: e.phase, PhaseDoneAt: e.phaseDoneAt, RunningSince: e.runningSince,
 		Starts: append([]time.Time(nil), e.starts...), ResumeExecuted: e.resumeExecuted,
+		ResumeOutcomes: maps.Clone(e.resumeOutcomes), PhaseAccepted: e.phaseAccepted,
 	}
 	for _, d := range e.order {
 		s.Devices = append(s.Devices, DeviceSnapshot{Device: d.Device, State: d.state, Attempts: d.attempts, Started: d.started, Deadline: d.deadline})
@@ -67,6 +77,7 @@ func Restore(s *Snapshot, now func() time.Time, loadLocation func(string) (*time
 	}
 	e.approver, e.state, e.reason, e.phase = s.Approver, s.State, s.Reason, s.Phase
 	e.phaseDoneAt, e.runningSince, e.starts, e.resumeExecuted = s.PhaseDoneAt, s.RunningSince, s.Starts, s.ResumeExecuted
+	e.resumeOutcomes, e.phaseAccepted = maps.Clone(s.ResumeOutcomes), s.PhaseAccepted
 	for _, d := range s.Devices {
 		if r := e.devices[d.ID]; r != nil {
 			r.state, r.attempts, r.started, r.deadline = d.State, d.Attempts, d.Started, d.Deadline
@@ -101,6 +112,7 @@ func (m *MemStore) Save(_ context.Context, s *Snapshot) error {
 	}
 	c := *s
 	c.Devices = append([]DeviceSnapshot(nil), s.Devices...)
+	c.ResumeOutcomes = maps.Clone(s.ResumeOutcomes)
 	m.m[s.ID] = &c
 	return nil
 }
@@ -115,6 +127,7 @@ func (m *MemStore) Load(_ context.Context, id string) (*Snapshot, error) {
 	}
 	c := *s
 	c.Devices = append([]DeviceSnapshot(nil), s.Devices...)
+	c.ResumeOutcomes = maps.Clone(s.ResumeOutcomes)
 	return &c, nil
 }
 
