@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -63,20 +64,43 @@ func (a *app) rolloutCmd() *cobra.Command {
 		}
 		cmds = append(cmds, cmd)
 	}
+	var watch time.Duration
 	status := &cobra.Command{
-		Use: "status ID", Short: "A rollout's progress, with per-phase counts", Args: cobra.ExactArgs(1),
+		Use: "status ID", Short: "A rollout's progress, with per-phase counts (--watch: live until it completes or aborts)", Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
+			if watch < 0 || (watch > 0 && watch < 100*time.Millisecond) {
+				return usageError{errors.New("--watch must be at least 100ms")}
+			}
 			cl, err := a.tenantClient(tenantID)
 			if err != nil {
 				return err
 			}
-			var st api.RolloutStatus
-			if err := cl.Do(c.Context(), "GET", tenantPath(tenantID)+"/rollouts/"+url.PathEscape(args[0]), nil, &st); err != nil {
-				return err
+			for {
+				var st api.RolloutStatus
+				if err := cl.Do(c.Context(), "GET", tenantPath(tenantID)+"/rollouts/"+url.PathEscape(args[0]), nil, &st); err != nil {
+					if watch > 0 && c.Context().Err() != nil {
+						return nil // interrupted
+					}
+					return err
+				}
+				if watch > 0 && a.output != "json" {
+					fmt.Fprintf(a.stdout, "--- %s\n", time.Now().Format(time.TimeOnly))
+				}
+				if err := a.emit(st, func(w *tabwriter.Writer) { printRollout(w, &st) }); err != nil {
+					return err
+				}
+				if watch == 0 || st.State == rollout.StateCompleted || st.State == rollout.StateAborted {
+					return nil
+				}
+				select {
+				case <-c.Context().Done():
+					return nil
+				case <-time.After(watch):
+				}
 			}
-			return a.emit(st, func(w *tabwriter.Writer) { printRollout(w, &st) })
 		},
 	}
+	status.Flags().DurationVar(&watch, "watch", 0, "refresh every interval (e.g. 2s) until the rollout completes or aborts, or Ctrl-C")
 	list := &cobra.Command{
 		Use: "list", Short: "List rollouts", Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {

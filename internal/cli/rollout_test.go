@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/wardiot/ward/internal/api"
 	"github.com/wardiot/ward/internal/fleet"
@@ -93,8 +95,27 @@ func TestRolloutCommands(t *testing.T) {
 	if out := must("rollout", "list", "--tenant", "acme"); !strings.Contains(out, st.ID) || !strings.Contains(out, "running") {
 		t.Fatalf("list: %s", out)
 	}
+	// status --watch refreshes until the rollout ends: started while it
+	// runs, it sees the abort and returns by itself.
+	watched := make(chan string, 1)
+	go func() {
+		_, out, errs := run(t, "--data", dir, "rollout", "status", "--tenant", "acme", "--watch", "100ms", st.ID)
+		watched <- out + errs
+	}()
+	time.Sleep(300 * time.Millisecond)
 	if out := must("rollout", "abort", "--tenant", "acme", st.ID); !strings.Contains(out, "aborted") {
 		t.Fatalf("abort: %s", out)
+	}
+	select {
+	case out := <-watched:
+		if strings.Count(out, "--- ") < 2 || !regexp.MustCompile(`state\s+running`).MatchString(out) || !regexp.MustCompile(`state\s+aborted\n`).MatchString(out) {
+			t.Fatalf("status --watch:\n%s", out)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("status --watch did not return after the rollout aborted")
+	}
+	if code, _, errs := run(t, "--data", dir, "rollout", "status", "--tenant", "acme", "--watch", "1ms", st.ID); code != 2 || !strings.Contains(errs, "at least 100ms") {
+		t.Fatalf("--watch 1ms: %d %s", code, errs)
 	}
 	if code, _, errs := run(t, "--data", dir, "rollout", "create", "--tenant", "acme", "-f", filepath.Join(files, "1.0.img")); code != 1 || !strings.Contains(errs, "rollout spec") {
 		t.Fatalf("create from a non-YAML file: %d %s", code, errs)
