@@ -107,9 +107,9 @@ func TestStageAndCommitRoot(t *testing.T) {
 		return out
 	}
 	for name, doc := range map[string][]byte{
-		"the old key only":             sign(root0),
-		"the old key and one new":      sign(root0, a),
-		"the new keys only":            sign(a, b),
+		"the old key only":              sign(root0),
+		"the old key and one new":       sign(root0, a),
+		"the new keys only":             sign(a, b),
 		"the old key twice and one new": sign(root0, root0, a),
 	} {
 		if err := r.CommitRoot(ctx, doc); !errors.Is(err, ErrThreshold) {
