@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -14,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	agentattest "github.com/wardiot/ward/agent/attest"
+	"github.com/wardiot/ward/agent/keystore/swtpm"
+	"github.com/wardiot/ward/agent/keystore/tpmtest"
 	agentota "github.com/wardiot/ward/agent/ota"
 	"github.com/wardiot/ward/internal/api"
 )
@@ -318,4 +322,77 @@ func randomBytes(t *testing.T, n int) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestAgentRunAttestation: the real `ward-agent run --attest` on a
+// software TPM manufactured like a device's (swtpm_setup, EK certificate
+// from a maker CA the server trusts) enrolls its attestation key, answers
+// the credential activation and a challenge with a TPM quote over the
+// measured boot, which the server verifies.
+func TestAgentRunAttestation(t *testing.T) {
+	sim := tpmtest.Manufactured(t)
+	dir := t.TempDir()
+	work := t.TempDir()
+	in := func(name string) string { return filepath.Join(work, name) }
+	var roots []byte
+	for _, f := range []string{swtpm.RootCertFile, swtpm.IssuerCertFile} {
+		b, err := os.ReadFile(filepath.Join(sim.EKCADir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		roots = append(roots, b...)
+	}
+	os.WriteFile(in("ek-roots.pem"), roots, 0o600)
+	os.WriteFile(in("ward.yaml"), []byte("ek_roots: "+in("ek-roots.pem")+"\n"), 0o600)
+	srv := startServer(t, dir, "--config", in("ward.yaml"))
+	w := wardCLI(t, dir)
+	w("tenant", "create", "acme")
+
+	// The measured boot: firmware extends the PCRs and leaves the event
+	// log the agent sends with its quotes.
+	eventLog := in("eventlog.bin")
+	boot := agentattest.SimulatedBoot{Path: eventLog}
+	tpm, err := agentattest.Open(agentattest.Config{Path: "tcp://" + sim.Addr, StateDir: t.TempDir(), Boot: boot})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain := agentattest.BootChain{Bootloader: sha256.Sum256([]byte("u-boot")), Config: sha256.Sum256([]byte("cfg")),
+		Kernel: sha256.Sum256([]byte("linux")), Rootfs: sha256.Sum256([]byte("rootfs"))}
+	if err := boot.Boot(tpm, chain.Stages()); err != nil {
+		t.Fatal(err)
+	}
+	tpm.Close() // swtpm serves one connection at a time: the agent's next
+
+	const device = "gw-tpm"
+	state := in("state")
+	tok := strings.TrimSpace(w("token", "create", "--enroll", "--tenant", "acme", "--device", device, "--ttl", "1h"))
+	if _, errs, code := agent(t, []string{"WARD_ENROLL_TOKEN=" + tok}, "enroll", "--server", "https://"+srv.apiAddr,
+		"--ca", filepath.Join(dir, "ca.pem"), "--tenant", "acme", "--device", device, "--state", state); code != 0 {
+		t.Fatalf("enroll: exit %d: %s", code, errs)
+	}
+	a := startAgentRun(t, "--state", state, "--mqtt", srv.mqttAddr, "--attest", "--tpm", "tcp://"+sim.Addr, "--event-log", eventLog)
+	admin := srv.admin(t)
+	path := "/api/v1/tenants/acme/devices/" + device + "/attestation"
+	attestation := func() api.AttestationState {
+		var st api.AttestationState
+		if err := admin.Do(bg, "GET", path, nil, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	waitFor(t, "the AK enrollment request", 30*time.Second, func() bool { return attestation().AKPending })
+	w("device", "approve-ak", "--tenant", "acme", device)
+	waitFor(t, "the credential activation answered by the agent", 30*time.Second, func() bool { return attestation().AKEnrolled })
+	w("device", "attest", "--tenant", "acme", device)
+	waitFor(t, "the verdict on the agent's evidence", 30*time.Second, func() bool { return attestation().Result != "" })
+	st := attestation()
+	if !st.TPMVerified || st.Assurance != "tpm" || st.Events < len(chain.Stages()) {
+		t.Fatalf("attestation state: %+v\nagent output:\n%s", st, a.out)
+	}
+	// The test publishes no release or reference values, so only the
+	// evidence is checked here, not the appraisal.
+	t.Logf("verdict %s (%s)", st.Result, strings.Join(st.Reasons, "; "))
+	if code := a.stop(t); code != 0 {
+		t.Fatalf("SIGTERM: exit %d", code)
+	}
 }
