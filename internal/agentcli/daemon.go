@@ -68,7 +68,7 @@ lifetime and, as configured:
                      certificate). Saved by 'enroll --mqtt' if given there.
   --twin-file FILE   keeps the desired state of the device's default twin in
                      FILE (JSON, 0600, replaced atomically), runs --twin-hook
-                     with FILE as its argument (and in $WARD_TWIN_FILE), and
+                     with FILE as its last argument (and in $WARD_TWIN_FILE), and
                      reports back what was applied. A hook that fails means
                      not applied: the previous file is put back.
   --attest           answers TPM attestation challenges (AK enrollment,
@@ -92,7 +92,7 @@ command line. Operator commands run with /bin/sh -c; their output goes
 to the agent's stderr. SIGINT and SIGTERM stop the agent cleanly; an
 update in progress is journaled and resumes at the next start.`,
 		Example: `  ward-agent run --state /var/lib/ward-agent --mqtt ward.example.com:8883 \
-    --twin-file /etc/gateway/desired.json --twin-hook 'systemctl reload gateway' \
+    --twin-file /etc/gateway/desired.json --twin-hook /usr/libexec/gateway-apply-config \
     --ota-dir /var/lib/ward-agent/ota --hw wardgate-2 \
     --slot-a /dev/mmcblk0p2 --slot-b /dev/mmcblk0p3 \
     --reboot-cmd 'systemctl reboot' --health-cmd /usr/libexec/gateway-selftest`,
@@ -104,7 +104,7 @@ update in progress is journaled and resumes at the next start.`,
 	fl.StringVar(&f.level, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.mqtt, "mqtt", "", "gateway address HOST:PORT for the MQTT session (default: as saved by enroll)")
 	fl.StringVar(&f.twinFile, "twin-file", "", "file that receives the desired state of the default twin (needs --mqtt)")
-	fl.StringVar(&f.twinHook, "twin-hook", "", "command run after --twin-file changes, given the file's path; non-zero exit = not applied")
+	fl.StringVar(&f.twinHook, "twin-hook", "", "command run after --twin-file changes, with the file's path as its last argument; non-zero exit = not applied")
 	fl.BoolVar(&f.attest, "attest", false, "answer TPM attestation challenges (needs --mqtt and a TPM)")
 	fl.StringVar(&f.tpm, "tpm", "", "TPM for --attest: /dev/tpmrm0 or tcp://HOST:PORT (default: the keystore's TPM)")
 	fl.StringVar(&f.eventLog, "event-log", "", "TCG event log quoted with the PCRs (default "+attest.KernelEventLogPath+")")

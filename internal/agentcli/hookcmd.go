@@ -20,8 +20,8 @@ const (
 	// rebootCmdTimeout bounds --reboot-cmd; `systemctl reboot` returns
 	// as soon as the shutdown is queued.
 	rebootCmdTimeout = 2 * time.Minute
-	// killGrace is how long a command has to exit after SIGKILL of the
-	// shell before its pipes are closed.
+	// killGrace is how long the agent waits for a killed command's
+	// output to close.
 	killGrace = 5 * time.Second
 )
 
@@ -43,6 +43,7 @@ func (c shellCmd) run(parent context.Context, timeout time.Duration, env []strin
 	cmd.Env = append(cmd.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = c.out, c.out
 	cmd.WaitDelay = killGrace
+	ownGroup(cmd)
 	err := cmd.Run()
 	if err == nil {
 		return nil
