@@ -170,6 +170,20 @@ func TestOutboxKeepsOrderAcrossFailures(t *testing.T) {
 	if got := strings.Join(up.topics(), ","); got != "ota/status,ota/status,twin/reported" || !o.empty() {
 		t.Fatalf("sent %s", got)
 	}
+	// The engine reports while a flush is publishing: nothing waits for
+	// the network, and the new status goes out on the next flush.
+	slow := &hookSession{fakeSession: &fakeSession{}, onPublish: func() {
+		o.addStatus(wire.OTAStatus{Phase: wire.OTAPhaseFailed})
+	}}
+	o.addStatus(wire.OTAStatus{Phase: wire.OTAPhaseDownloading})
+	o.flush(slow, log)
+	if o.empty() || len(o.statuses) != 1 || o.statuses[0].st.Phase != wire.OTAPhaseFailed {
+		t.Fatalf("after a flush that raced a report: %+v", o.statuses)
+	}
+	o.flush(up, log)
+	if !o.empty() {
+		t.Fatal("the raced status was not sent")
+	}
 	for i := range maxQueuedStatuses + 5 {
 		o.addStatus(wire.OTAStatus{Release: string(rune('a' + i%26))})
 	}
@@ -205,4 +219,15 @@ func TestFirmwareReport(t *testing.T) {
 	if got := string(firmwareReport("m", j, "a")); got != `{"firmware":{"hw_model":"m","slot":"a"}}` {
 		t.Fatal(got)
 	}
+}
+
+// hookSession runs onPublish inside each Publish.
+type hookSession struct {
+	*fakeSession
+	onPublish func()
+}
+
+func (h *hookSession) Publish(suffix string, p []byte, qos byte) error {
+	h.onPublish()
+	return h.fakeSession.Publish(suffix, p, qos)
 }

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -204,13 +205,20 @@ func loadRoots(ctx context.Context, cfg *otaConfig, httpc *http.Client, server, 
 
 // outbox queues what must reach the server over MQTT even if the session
 // is down when it happens: OTA statuses in order, and the firmware
-// section of the twin. Reports are small; the queue is bounded.
+// section of the twin. Reports are small; the queue is bounded. Adding
+// never waits for the network: the engine reports with its lock held.
 type outbox struct {
 	mu       sync.Mutex
-	statuses []wire.OTAStatus
+	statuses []queuedStatus
+	next     uint64          // id of the next status queued
 	firmware json.RawMessage // the latest, not yet sent
 	// sent is signalled after a flush left the queue empty.
 	sent chan struct{}
+}
+
+type queuedStatus struct {
+	id uint64
+	st wire.OTAStatus
 }
 
 // maxQueuedStatuses bounds the queue; the oldest go first (the latest
@@ -225,7 +233,8 @@ func (o *outbox) addStatus(st wire.OTAStatus) {
 	if len(o.statuses) >= maxQueuedStatuses {
 		o.statuses = o.statuses[1:]
 	}
-	o.statuses = append(o.statuses, st)
+	o.statuses = append(o.statuses, queuedStatus{o.next, st})
+	o.next++
 }
 
 func (o *outbox) setFirmware(fw json.RawMessage) {
@@ -241,35 +250,45 @@ func (o *outbox) empty() bool {
 }
 
 // flush sends what is queued on s, stopping at the first failure (the
-// rest waits for the next session).
+// rest waits for the next session). Only the session loop calls it.
 func (o *outbox) flush(s mqttSession, log *slog.Logger) {
 	o.mu.Lock()
-	defer o.mu.Unlock()
-	for len(o.statuses) > 0 {
-		b, err := json.Marshal(o.statuses[0])
-		if err != nil {
+	pending := slices.Clone(o.statuses)
+	fw := o.firmware
+	o.mu.Unlock()
+	for _, q := range pending {
+		b, err := json.Marshal(q.st)
+		if err == nil {
+			if err := s.Publish(wire.TopicOTAStatus, b, 1); err != nil {
+				log.Warn("OTA status not sent; it will be sent on the next session", "err", err)
+				return
+			}
+		}
+		o.mu.Lock()
+		for len(o.statuses) > 0 && o.statuses[0].id <= q.id {
 			o.statuses = o.statuses[1:]
-			continue
 		}
-		if err := s.Publish(wire.TopicOTAStatus, b, 1); err != nil {
-			log.Warn("OTA status not sent; it will be sent on the next session", "err", err)
-			return
-		}
-		o.statuses = o.statuses[1:]
+		o.mu.Unlock()
 	}
-	if o.firmware != nil {
-		b, err := json.Marshal(wire.TwinReported{Twin: wire.DefaultTwinName, Patch: o.firmware})
+	if fw != nil {
+		b, err := json.Marshal(wire.TwinReported{Twin: wire.DefaultTwinName, Patch: fw})
 		if err == nil {
 			if err := s.Publish(wire.TopicTwinReported, b, 1); err != nil {
 				log.Warn("firmware report not sent; it will be sent on the next session", "err", err)
 				return
 			}
 		}
-		o.firmware = nil
+		o.mu.Lock()
+		if bytes.Equal(o.firmware, fw) {
+			o.firmware = nil
+		}
+		o.mu.Unlock()
 	}
-	select {
-	case o.sent <- struct{}{}:
-	default:
+	if o.empty() {
+		select {
+		case o.sent <- struct{}{}:
+		default:
+		}
 	}
 }
 
