@@ -129,7 +129,7 @@ func (a *app) root() *cobra.Command {
   ward-agent run       the device daemon: renewal, MQTT session, twin,
                        attestation and A/B updates
   ward-agent renew     renew now (rotates the key)
-  ward-agent status    show identity, certificate expiry and keystore
+  ward-agent status    show identity, certificate expiry, keystore and update state
   ward-agent simulate  enroll N virtual devices, for load tests`,
 		SilenceUsage:  true,
 		SilenceErrors: true,

@@ -203,7 +203,7 @@ func (a *app) statusCmd() *cobra.Command {
 	var state, output, otaDir string
 	c := &cobra.Command{
 		Use:   "status",
-		Short: "Show the device's identity, certificate and keystore",
+		Short: "Show the device's identity, certificate, keystore and update state",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := required(c, "state"); err != nil {

@@ -68,9 +68,9 @@ lifetime and, as configured:
                      certificate). Saved by 'enroll --mqtt' if given there.
   --twin-file FILE   keeps the desired state of the device's default twin in
                      FILE (JSON, 0600, replaced atomically), runs --twin-hook
-                     with FILE as its last argument (and in $WARD_TWIN_FILE), and
-                     reports back what was applied. A hook that fails means
-                     not applied: the previous file is put back.
+                     with FILE as its last argument (and in $WARD_TWIN_FILE),
+                     and reports back what was applied. A hook that fails
+                     means not applied: the previous file is put back.
   --attest           answers TPM attestation challenges (AK enrollment,
                      quotes, renewals that must attest first) with the TPM
                      of --tpm, or of the keystore when it is a TPM.
