@@ -48,6 +48,9 @@ func withHint(err error, hint string) error { return &hintError{err: err, hint: 
 type app struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
+	// cmdline is the kernel command line file run reads the booted slot
+	// from; tests point it elsewhere.
+	cmdline string
 }
 
 // Main runs the CLI and returns the process exit code. SIGINT and SIGTERM
@@ -60,11 +63,15 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 
 // run is Main with the context given, so tests can stop "run".
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	a := &app{stdin: stdin, stdout: stdout, stderr: stderr}
+	return runApp(ctx, &app{stdin: stdin, stdout: stdout, stderr: stderr, cmdline: defaultCmdline}, args)
+}
+
+// runApp runs the CLI with a prepared app.
+func runApp(ctx context.Context, a *app, args []string) int {
 	root := a.root()
 	root.SetArgs(args)
-	root.SetOut(stdout)
-	root.SetErr(stderr)
+	root.SetOut(a.stdout)
+	root.SetErr(a.stderr)
 	if err := root.ExecuteContext(ctx); err != nil {
 		return a.report(err)
 	}
@@ -119,9 +126,10 @@ func (a *app) root() *cobra.Command {
 		Long: `ward-agent gives a device its Ward identity and keeps it fresh.
 
   ward-agent enroll    get the first certificate with a bootstrap credential
-  ward-agent run       renew the certificate at two thirds of its lifetime
+  ward-agent run       the device daemon: renewal, MQTT session, twin,
+                       attestation and A/B updates
   ward-agent renew     renew now (rotates the key)
-  ward-agent status    show identity, certificate expiry and keystore
+  ward-agent status    show identity, certificate expiry, keystore and update state
   ward-agent simulate  enroll N virtual devices, for load tests`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -132,14 +140,19 @@ func (a *app) root() *cobra.Command {
 }
 
 // settingsFile holds what the agent package does not keep in identity.json:
-// how to open the keystore.
+// how to open the keystore, and the defaults of run given at enrollment.
 const settingsFile = "agent.json"
 
 type settings struct {
 	Keystore string `json:"keystore"`
+	// MQTT is the gateway address run connects to (--mqtt).
+	MQTT string `json:"mqtt,omitempty"`
+	// OTADir is run's and status's --ota-dir.
+	OTADir string `json:"ota_dir,omitempty"`
 }
 
-// maxSettingsSize bounds agent.json: one spec string of at most 4 KiB.
+// maxSettingsSize bounds agent.json: a spec string of at most 4 KiB and
+// two more short strings.
 const maxSettingsSize = 16 << 10
 
 func writeSettings(dir string, s settings) error {

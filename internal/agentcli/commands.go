@@ -18,7 +18,7 @@ import (
 )
 
 func (a *app) enrollCmd() *cobra.Command {
-	var server, caFile, tenant, device, label, token, tokenFile, bootstrap, ks, state string
+	var server, caFile, tenant, device, label, token, tokenFile, bootstrap, ks, state, mqttAddr, otaDir string
 	var basic bool
 	c := &cobra.Command{
 		Use:   "enroll",
@@ -35,6 +35,11 @@ token:TOKEN.`,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := required(c, "server", "ca", "tenant", "device", "state"); err != nil {
 				return err
+			}
+			if mqttAddr != "" {
+				if err := checkHostPort(mqttAddr); err != nil {
+					return usageError{fmt.Errorf("enroll: --mqtt %w", err)}
+				}
 			}
 			var cred agent.Credential
 			if bootstrap != "" {
@@ -86,7 +91,7 @@ token:TOKEN.`,
 			if err != nil {
 				return err
 			}
-			if err := writeSettings(state, settings{Keystore: ks}); err != nil {
+			if err := writeSettings(state, settings{Keystore: ks, MQTT: mqttAddr, OTADir: otaDir}); err != nil {
 				return fmt.Errorf("enrolled, but saving the keystore setting failed: %w", err)
 			}
 			fmt.Fprintf(a.stdout, "enrolled %s/%s: certificate %x valid until %s, key %s in the %s keystore\n",
@@ -106,6 +111,8 @@ token:TOKEN.`,
 	f.BoolVar(&basic, "basic", false, "send the token with HTTP Basic (user = device ID) instead of Bearer")
 	f.StringVar(&ks, "keystore", "", "keystore spec: file:DIR, pkcs11:module=...;token=...;pin-source=FILE, tpm:/dev/tpmrm0 (default file:STATE/keys)")
 	f.StringVar(&state, "state", "", "state directory (identity.json, agent.json)")
+	f.StringVar(&mqttAddr, "mqtt", "", "gateway address HOST:PORT, saved as the default of run --mqtt")
+	f.StringVar(&otaDir, "ota-dir", "", "update engine directory, saved as the default of run and status --ota-dir")
 	return c
 }
 
@@ -165,35 +172,6 @@ func (a *app) logger(level string) *slog.Logger {
 	return slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: l}))
 }
 
-func (a *app) runCmd() *cobra.Command {
-	var state, level string
-	c := &cobra.Command{
-		Use:   "run",
-		Short: "Keep the device's certificate fresh until stopped",
-		Args:  cobra.NoArgs,
-		RunE: func(c *cobra.Command, _ []string) error {
-			if err := required(c, "state"); err != nil {
-				return err
-			}
-			ag, closeFn, err := a.loadAgent(state, level)
-			if err != nil {
-				return err
-			}
-			defer closeFn()
-			s := ag.Status()
-			a.logger(level).Info("agent started", "tenant", s.Tenant, "device", s.Device, "not_after", s.NotAfter, "next_renewal", s.NextRenewal, "keystore", s.KeystoreKind)
-			err = ag.Run(c.Context())
-			if c.Context().Err() != nil {
-				return nil // stopped by a signal
-			}
-			return err
-		},
-	}
-	c.Flags().StringVar(&state, "state", "", "state directory written by enroll")
-	c.Flags().StringVar(&level, "log-level", "info", "debug, info, warn or error")
-	return c
-}
-
 func (a *app) renewCmd() *cobra.Command {
 	var state string
 	c := &cobra.Command{
@@ -222,10 +200,10 @@ func (a *app) renewCmd() *cobra.Command {
 }
 
 func (a *app) statusCmd() *cobra.Command {
-	var state, output string
+	var state, output, otaDir string
 	c := &cobra.Command{
 		Use:   "status",
-		Short: "Show the device's identity, certificate and keystore",
+		Short: "Show the device's identity, certificate, keystore and update state",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := required(c, "state"); err != nil {
@@ -239,17 +217,30 @@ func (a *app) statusCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			out := fullStatus{Status: s}
+			if otaDir == "" {
+				if set, err := readSettings(state); err == nil {
+					otaDir = set.OTADir
+				}
+			}
+			if otaDir != "" {
+				out.OTA = readOTAStatus(state, otaDir)
+			}
 			if output == "json" {
 				enc := json.NewEncoder(a.stdout)
 				enc.SetIndent("", "  ")
-				return enc.Encode(s)
+				return enc.Encode(out)
 			}
 			printStatus(a.stdout, s, now)
+			if out.OTA != nil {
+				printOTAStatus(a.stdout, out.OTA)
+			}
 			return nil
 		},
 	}
 	c.Flags().StringVar(&state, "state", "", "state directory written by enroll")
 	c.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	c.Flags().StringVar(&otaDir, "ota-dir", "", "update engine directory, to show the update state (default: as saved by enroll)")
 	return c
 }
 

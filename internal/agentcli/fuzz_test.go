@@ -1,6 +1,8 @@
 package agentcli
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -53,6 +55,58 @@ func FuzzParseBootstrap(f *testing.F) {
 			}
 		default:
 			t.Fatalf("accepted kind %q", b.kind)
+		}
+	})
+}
+
+func FuzzParseCmdlineSlot(f *testing.F) {
+	f.Add([]byte("root=/dev/sda1 ward.slot=b quiet\n"))
+	f.Add([]byte(`ward.slot="a" ward.slot=`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		slot, err := parseCmdlineSlot(b)
+		if err == nil && slot != "a" && slot != "b" {
+			t.Fatalf("accepted slot %q", slot)
+		}
+	})
+}
+
+func FuzzParseOTAJob(f *testing.F) {
+	f.Add([]byte(`{"rollout":"ro-1","release":"fw@1.1","health_window":2000000000}`))
+	f.Add([]byte(`{"release":"fw@1.1","deadline":"2030-01-01T00:00:00Z"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		j, err := parseOTAJob(b)
+		if err != nil {
+			return
+		}
+		if j.Release == "" || len(j.Release) > maxReleaseLen || j.HealthWindow < 0 || j.HealthWindow > maxHealthWindow {
+			t.Fatalf("accepted %+v", j)
+		}
+	})
+}
+
+// FuzzTwinMessages feeds twin messages to the twin file: whatever the
+// server sends, the file holds a JSON object and no "firmware" section.
+func FuzzTwinMessages(f *testing.F) {
+	f.Add([]byte(`{"twin":"default","desired_version":1,"delta":{"a":{"b":null,"c":[1,2]}}}`), true)
+	f.Add([]byte(`{"twin":"default","version":2,"desired":{"firmware":1,"x":1e400}}`), false)
+	f.Fuzz(func(t *testing.T, b []byte, delta bool) {
+		tf := &twinFile{path: filepath.Join(t.TempDir(), "d.json"), log: discardLogger()}
+		var err error
+		if delta {
+			_, err = tf.onDelta(t.Context(), b)
+		} else {
+			_, err = tf.onDesired(t.Context(), b)
+		}
+		got, rerr := os.ReadFile(tf.path)
+		if rerr != nil {
+			return // nothing applied
+		}
+		doc, perr := parseObject(got)
+		if perr != nil {
+			t.Fatalf("file holds %q after %q (%v)", got, b, err)
+		}
+		if _, ok := doc[firmwareKey]; ok {
+			t.Fatalf("firmware section written from %q", b)
 		}
 	})
 }
