@@ -42,7 +42,10 @@ const (
 // OTAJob is pushed to a device on ward/v1/<device>/ota/job: install the
 // release the device's Director repository now names.
 type OTAJob struct {
-	Rollout  string    `json:"rollout"`
+	Rollout string `json:"rollout"`
+	// Attempt numbers the rollout's jobs for this device from 1: a retry
+	// after a failure is a new attempt, a job sent again (ota/get) is not.
+	Attempt  int       `json:"attempt,omitempty"`
 	Release  string    `json:"release"` // "<name>@<version>"
 	Deadline time.Time `json:"deadline,omitzero"`
 	// HealthWindow is how long after boot the device must stay healthy

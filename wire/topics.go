@@ -24,7 +24,11 @@ const (
 	TopicAttestVerdict    = "attest/verdict"    // server -> device (AttestVerdict)
 	TopicOTAJob           = "ota/job"           // server -> device
 	TopicOTAStatus        = "ota/status"        // device -> server
-	TopicControl          = "control"           // server -> device (epochs, commands)
+	// TopicOTAGet asks the server to send again the job the device should
+	// be running (it was offline when it was published). The payload is
+	// empty or "{}".
+	TopicOTAGet  = "ota/get" // device -> server
+	TopicControl = "control" // server -> device (epochs, commands)
 )
 
 // DeviceTopic returns ward/v1/<device>/<suffix>.

@@ -284,7 +284,7 @@ func (e *Engine) newJob(ctx context.Context, job wire.OTAJob, delta bool) error 
 		return fmt.Errorf("ota: floor unreadable, refusing to update: %w", err)
 	}
 	plan, err := e.cfg.Source.Resolve(ctx, e.j.Installed, floor)
-	start := Journal{Seq: e.j.Seq + 1, Phase: PhaseDownloading, Rollout: job.Rollout, Release: job.Release,
+	start := Journal{Seq: e.j.Seq + 1, Phase: PhaseDownloading, Rollout: job.Rollout, Attempt: job.Attempt, Release: job.Release,
 		Installed: e.j.Installed, Slot: otherSlot(e.j.Installed.Slot), HealthWindow: max(job.HealthWindow, 0)}
 	if err == nil && job.Release != "" && plan.Image.Release != job.Release {
 		err = fmt.Errorf("%w: the director names %q, the job %q", ErrDisagree, plan.Image.Release, job.Release)

@@ -82,6 +82,9 @@ type Journal struct {
 	Seq     uint64 `json:"seq"`
 	Phase   Phase  `json:"phase"`
 	Rollout string `json:"rollout,omitempty"`
+	// Attempt is the rollout's attempt number for this device (a retry
+	// after a failure is a new attempt of the same rollout and release).
+	Attempt int `json:"attempt,omitempty"`
 	// Release, Target, SHA256 and Length name the full image being
 	// installed, as agreed by both repositories.
 	Release         string `json:"release,omitempty"`

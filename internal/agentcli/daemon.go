@@ -422,6 +422,9 @@ func (d *daemon) setup(ctx context.Context, s mqttSession) error {
 		}
 		d.box.setFirmware(firmwareReport(d.ota.hw, eng.Journal(), d.ota.booted))
 	}
+	if d.ota != nil {
+		d.box.requestJob()
+	}
 	return nil
 }
 
@@ -587,6 +590,13 @@ func (d *daemon) otaWorker(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case job := <-d.jobs:
+			if j := eng.Journal(); job.Rollout != "" && j.Rollout == job.Rollout && j.Attempt == job.Attempt && j.Release == job.Release && j.Phase.Final() {
+				// The same attempt sent again (ota/get) before the server
+				// had its outcome, which is queued for it: not a retry.
+				d.log.Info("OTA job already handled", "rollout", job.Rollout, "release", job.Release, "phase", j.Phase)
+				err = nil
+				continue
+			}
 			d.log.Info("OTA job", "rollout", job.Rollout, "release", job.Release, "health_window", job.HealthWindow)
 			err = eng.Handle(ctx, job)
 		case <-retry:

@@ -192,6 +192,31 @@ func TestOutboxKeepsOrderAcrossFailures(t *testing.T) {
 	}
 }
 
+// TestOutboxAsksForTheJobAfterTheStatuses: on a new session the outbox
+// asks for the pending job (ota/get) after the queued statuses, so the
+// server judges with the outcomes in hand; a failed ask is repeated on
+// the next flush, a successful one is not.
+func TestOutboxAsksForTheJobAfterTheStatuses(t *testing.T) {
+	o := newOutbox()
+	log := discardLogger()
+	o.addStatus(wire.OTAStatus{Phase: wire.OTAPhaseRolledBack})
+	o.requestJob()
+	if o.empty() {
+		t.Fatal("a pending ask counts as nothing to send")
+	}
+	o.flush(&fakeSession{failPub: true}, log)
+	up := &fakeSession{}
+	o.flush(up, log)
+	if got := strings.Join(up.topics(), ","); got != "ota/status,ota/get" || !o.empty() {
+		t.Fatalf("sent %s", got)
+	}
+	again := &fakeSession{}
+	o.flush(again, log)
+	if len(again.topics()) != 0 {
+		t.Fatalf("asked twice: %v", again.topics())
+	}
+}
+
 func TestPathSlots(t *testing.T) {
 	dir := t.TempDir()
 	s := pathSlots{a: filepath.Join(dir, "a"), b: filepath.Join(dir, "b")}

@@ -212,6 +212,10 @@ type outbox struct {
 	statuses []queuedStatus
 	next     uint64          // id of the next status queued
 	firmware json.RawMessage // the latest, not yet sent
+	// askJob asks the server, after the statuses, for the job the device
+	// should be running: set on every new session, since a job published
+	// while the device was away is not queued for it.
+	askJob bool
 	// sent is signalled after a flush left the queue empty.
 	sent chan struct{}
 }
@@ -243,10 +247,17 @@ func (o *outbox) setFirmware(fw json.RawMessage) {
 	o.firmware = fw
 }
 
+// requestJob makes the next flush ask for the pending job (ota/get).
+func (o *outbox) requestJob() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.askJob = true
+}
+
 func (o *outbox) empty() bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return len(o.statuses) == 0 && o.firmware == nil
+	return len(o.statuses) == 0 && o.firmware == nil && !o.askJob
 }
 
 // flush sends what is queued on s, stopping at the first failure (the
@@ -282,6 +293,20 @@ func (o *outbox) flush(s mqttSession, log *slog.Logger) {
 		if bytes.Equal(o.firmware, fw) {
 			o.firmware = nil
 		}
+		o.mu.Unlock()
+	}
+	// After the statuses, on the same session: the server has them when
+	// it decides whether a job is still pending.
+	o.mu.Lock()
+	ask := o.askJob
+	o.mu.Unlock()
+	if ask {
+		if err := s.Publish(wire.TopicOTAGet, []byte("{}"), 1); err != nil {
+			log.Warn("could not ask for a pending OTA job; asking again on the next session", "err", err)
+			return
+		}
+		o.mu.Lock()
+		o.askJob = false
 		o.mu.Unlock()
 	}
 	if o.empty() {

@@ -4,7 +4,7 @@ import "github.com/wardiot/ward/wire"
 
 // Default returns the policy every device gets unless its tenant says
 // otherwise: it publishes only its own telemetry, reported twin state,
-// attestation evidence and OTA status, and subscribes only to its own
+// attestation evidence, OTA status and job requests, and subscribes only to its own
 // subtree.
 func Default() *Policy {
 	return mustNew(Document{
@@ -19,6 +19,7 @@ func Default() *Policy {
 			own(wire.TopicAttestActivate),
 			own(wire.TopicAttestRenewal),
 			own(wire.TopicOTAStatus),
+			own(wire.TopicOTAGet),
 		}},
 		Subscribe: Rules{Allow: []string{own("#")}},
 	})
@@ -35,6 +36,7 @@ func Quarantine() *Policy {
 			own(wire.TopicAttestActivate),
 			own(wire.TopicAttestRenewal),
 			own(wire.TopicOTAStatus),
+			own(wire.TopicOTAGet),
 		}},
 		Subscribe: Rules{Allow: []string{
 			own("attest/#"),

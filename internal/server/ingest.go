@@ -22,6 +22,7 @@ func (s *Server) ingestHandlers() map[string]func(ctx context.Context, id broker
 		wire.TopicAttestRenewal:  s.ingestAttestRenewal,
 		// OTA (ota.go).
 		wire.TopicOTAStatus: s.ingestOTAStatus,
+		wire.TopicOTAGet:    s.ingestOTAGet,
 	}
 	return h
 }

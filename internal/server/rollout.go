@@ -15,13 +15,17 @@ import (
 	"sync"
 	"time"
 
+	"github.com/theupdateframework/go-tuf/v2/metadata"
 	"gopkg.in/yaml.v3"
 
 	"github.com/wardiot/ward/internal/api"
 	"github.com/wardiot/ward/internal/attest"
 	"github.com/wardiot/ward/internal/audit"
+	"github.com/wardiot/ward/internal/broker"
 	"github.com/wardiot/ward/internal/monitor"
+	"github.com/wardiot/ward/internal/ota"
 	"github.com/wardiot/ward/internal/ota/rollout"
+	"github.com/wardiot/ward/internal/ota/tufrepo"
 	"github.com/wardiot/ward/internal/store"
 	"github.com/wardiot/ward/internal/store/otasql"
 	"github.com/wardiot/ward/wire"
@@ -770,4 +774,94 @@ func rolloutStatus(l *liveRollout) *api.RolloutStatus {
 		}
 	}
 	return out
+}
+
+// maxOTAGetSize bounds an ota/get payload: empty or "{}".
+const maxOTAGetSize = 64
+
+// ingestOTAGet sends a device that (re)connected the job it should be
+// running, which it may have missed while offline: the job of a rollout
+// that started it and has no verdict from it yet, else the release its
+// Director names unless the device already reported how that ended. A
+// job the device already handled is harmless: the agent resumes the
+// same release, or finds it runs it already.
+func (s *Server) ingestOTAGet(ctx context.Context, id broker.Identity, _ string, payload []byte) error {
+	if p := bytes.TrimSpace(payload); len(payload) > maxOTAGetSize || (len(p) > 0 && !bytes.Equal(p, []byte("{}"))) {
+		return errors.New(`ota/get: payload must be empty or {}`)
+	}
+	job, err := s.rolloutJob(ctx, id.Tenant, id.Device)
+	if err != nil {
+		return err
+	}
+	if job == nil {
+		rel, err := s.directorRelease(ctx, id.Tenant, id.Device)
+		if err != nil || rel == "" {
+			return err
+		}
+		st, err := s.OTAState(ctx, id.Tenant, id.Device)
+		if err != nil {
+			return err
+		}
+		if st != nil && st.Last != nil && st.Last.Release == rel && finalOTAPhase(st.Last.Phase) {
+			return nil
+		}
+		job = &wire.OTAJob{Release: rel}
+	}
+	s.publishJob(id.Tenant, id.Device, *job)
+	return nil
+}
+
+func finalOTAPhase(p string) bool {
+	return p == wire.OTAPhaseCommitted || p == wire.OTAPhaseRolledBack || p == wire.OTAPhaseFailed
+}
+
+// rolloutJob returns the job of the rollout that has the device in
+// progress, if any.
+func (s *Server) rolloutJob(ctx context.Context, tid, device string) (*wire.OTAJob, error) {
+	if s.rollouts == nil {
+		return nil, nil
+	}
+	ids, err := s.rolloutStore(tid).List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r := s.rollouts
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, id := range ids {
+		l, err := s.loadRollout(ctx, tid, id)
+		if err != nil {
+			s.log.Warn("rollout unreadable", "tenant", tid, "rollout", id, "err", err)
+			continue
+		}
+		if j := l.e.PendingJob(device); j != nil {
+			return j, nil
+		}
+	}
+	return nil, nil
+}
+
+// directorRelease is the release the device's Director names ("" if
+// none).
+func (s *Server) directorRelease(ctx context.Context, tid, device string) (string, error) {
+	b, err := s.otaMeta(tid).Get(ctx, "director/"+device+"/targets.json")
+	if errors.Is(err, tufrepo.ErrNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	tm, err := metadata.Targets().FromBytes(b)
+	if err != nil {
+		return "", err
+	}
+	for _, tf := range tm.Signed.Targets {
+		if tf.Custom == nil {
+			continue
+		}
+		if c, err := ota.ParseCustom(*tf.Custom); err == nil && c.Kind == ota.KindImage {
+			return c.Release, nil
+		}
+	}
+	return "", nil
 }

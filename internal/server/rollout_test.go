@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wardiot/ward/agent"
 	agentota "github.com/wardiot/ward/agent/ota"
 	"github.com/wardiot/ward/internal/api"
 	"github.com/wardiot/ward/internal/client"
@@ -387,4 +389,110 @@ healthWindow: 5m
 	if err := admin.Do(ctx, "GET", "/api/v1/tenants/acme/rollouts/ro-ffffffffffffffff", nil, nil); !isProblem(err, http.StatusNotFound) {
 		t.Fatalf("unknown rollout: %v", err)
 	}
+}
+
+// TestOTAGetResendsMissedJob: a device that was offline when its rollout
+// job was published gets it, with the rollout ID and attempt, when it
+// asks on ota/get after reconnecting; once it reported the outcome
+// nothing is sent again. A plain assignment missed while offline is sent
+// again until the device reports how it ended. A malformed ask is refused.
+func TestOTAGetResendsMissedJob(t *testing.T) {
+	e := newESTEnv(t)
+	admin := e.adminClient(t)
+	publishV10V11(t, admin)
+
+	// connect opens a session listening for jobs.
+	connect := func(a interface {
+		ConnectMQTT(context.Context, string) (*agent.Conn, error)
+	}) (*agent.Conn, chan wire.OTAJob) {
+		t.Helper()
+		c, err := a.ConnectMQTT(ctx, e.srv.MQTTAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Close)
+		jobs := make(chan wire.OTAJob, 8)
+		if err := c.Subscribe(wire.TopicOTAJob, func(_ string, p []byte) {
+			var j wire.OTAJob
+			if json.Unmarshal(p, &j) == nil {
+				jobs <- j
+			}
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return c, jobs
+	}
+	ask := func(c *agent.Conn, jobs chan wire.OTAJob) *wire.OTAJob {
+		t.Helper()
+		if err := c.Publish(wire.TopicOTAGet, []byte("{}"), 1); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case j := <-jobs:
+			return &j
+		case <-time.After(time.Second):
+			return nil
+		}
+	}
+	status := func(c *agent.Conn, j wire.OTAJob, phase string) {
+		t.Helper()
+		b, _ := json.Marshal(wire.OTAStatus{Rollout: j.Rollout, Release: j.Release, Phase: phase, Time: time.Now()})
+		if err := c.Publish(wire.TopicOTAStatus, b, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Registered (hardware model and release in the twin), then away.
+	away, plain := e.enrollAgent(t, "gw-away"), e.enrollAgent(t, "gw-plain")
+	for id, a := range map[string]*agent.Agent{"gw-away": away, "gw-plain": plain} {
+		c, _ := connect(a)
+		rep, _ := json.Marshal(wire.TwinReported{Twin: wire.DefaultTwinName,
+			Patch: json.RawMessage(`{"firmware":{"hw_model":"` + otaHW + `","release":"fw@1.0"}}`)})
+		if err := c.Publish(wire.TopicTwinReported, rep, 1); err != nil {
+			t.Fatal(err)
+		}
+		waitUntil(t, "the twin of "+id, func() bool {
+			tw, err := e.srv.Twins.Get(ctx, "acme", id, wire.DefaultTwinName)
+			return err == nil && strings.Contains(string(tw.Reported.Doc), "fw@1.0")
+		})
+		c.Close()
+	}
+	var st api.RolloutStatus
+	if err := admin.Do(ctx, "POST", "/api/v1/tenants/acme/rollouts", api.RolloutRequest{Spec: "release: fw@1.1\nselector:\n  devices: [gw-away]\nstages:\n  - percent: 100\ntimeout: 2h\n"}, &st); err != nil {
+		t.Fatal(err)
+	}
+	e.tick(t)
+	if st = *rolloutStatus(t, admin, st.ID); st.Phases[0].InProgress != 1 {
+		t.Fatalf("rollout did not start the device: %+v", st)
+	}
+	var as api.OTAAssignment
+	if err := admin.Do(ctx, "POST", "/api/v1/tenants/acme/devices/gw-plain/ota/assign", api.AssignRequest{Release: "fw@1.1"}, &as); err != nil {
+		t.Fatal(err)
+	}
+
+	c, jobs := connect(away)
+	j := ask(c, jobs)
+	if j == nil || j.Rollout != st.ID || j.Attempt != 1 || j.Release != "fw@1.1" || j.Deadline.IsZero() {
+		t.Fatalf("rollout job sent again: %+v", j)
+	}
+	status(c, *j, wire.OTAPhaseCommitted)
+	e.waitStatusIngested(t, "gw-away", wire.OTAPhaseCommitted)
+	if j := ask(c, jobs); j != nil {
+		t.Fatalf("a job after the device reported committed: %+v", j)
+	}
+
+	pc, pjobs := connect(plain)
+	j = ask(pc, pjobs)
+	if j == nil || j.Rollout != "" || j.Release != "fw@1.1" {
+		t.Fatalf("assignment sent again: %+v", j)
+	}
+	status(pc, *j, wire.OTAPhaseFailed)
+	e.waitStatusIngested(t, "gw-plain", wire.OTAPhaseFailed)
+	if j := ask(pc, pjobs); j != nil {
+		t.Fatalf("a job after the device reported failed: %+v", j)
+	}
+	// A malformed ask is refused like any malformed device message: the
+	// gateway drops the session.
+	err := pc.Publish(wire.TopicOTAGet, []byte(`{"release":"x"}`), 1)
+	waitUntil(t, "the session dropped", func() bool { return err != nil || !pc.Connected() })
 }

@@ -110,8 +110,10 @@ func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) 
 // hook and comes back as reported state; a rollout installs fw@1.1 into
 // the other slot, the agent reboots (exits after --reboot-cmd), the test
 // plays the bootloader and starts the agent on the new slot, which passes
-// its health gate and commits; then fw@1.2 fails --health-cmd on its
-// trial boot and the agent rolls back to fw@1.1's slot by itself.
+// its health gate and commits; then, with the device off when its job is
+// published, the agent asks for it on coming back, fw@1.2 fails
+// --health-cmd on its trial boot and the agent rolls back to fw@1.1's
+// slot by itself.
 func TestAgentRunDaemon(t *testing.T) {
 	const hw, device = "wardgate-e2e", "gw-run"
 	dir := t.TempDir()
@@ -280,9 +282,15 @@ func TestAgentRunDaemon(t *testing.T) {
 	}
 
 	// fw@1.2 fails its health check on the trial boot: the agent rolls
-	// back by itself.
+	// back by itself. The device is off when the rollout publishes its
+	// job, and asks for it (ota/get) when it comes back.
 	os.WriteFile(in("unhealthy"), nil, 0o600)
+	if code := a.stop(t); code != 0 {
+		t.Fatalf("SIGTERM: exit %d", code)
+	}
 	r2 := rollout("fw@1.2")
+	waitFor(t, "rollout "+r2+" to start the device while it is off", 30*time.Second, func() bool { return rolloutStatus(r2).Phases[0].InProgress == 1 })
+	a = startAgentRun(t, runArgs("b")...)
 	if code := a.waitExit(t, 60*time.Second); code != 0 {
 		t.Fatalf("agent exited %d after installing fw@1.2", code)
 	}

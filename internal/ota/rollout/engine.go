@@ -315,6 +315,19 @@ func (e *Engine) Phase(deviceID string) (phase, bucket int, ok bool) {
 	return d.phase, d.bucket, true
 }
 
+// PendingJob returns the job of a device the rollout started and has no
+// verdict from yet (nil otherwise), to send again to a device that was
+// offline when it was first published. A rollout awaiting approval,
+// aborted or completed has none; a paused one still lets started devices
+// finish.
+func (e *Engine) PendingJob(deviceID string) *wire.OTAJob {
+	d := e.devices[deviceID]
+	if d == nil || d.state != DeviceInProgress || (e.state != StateRunning && e.state != StatePaused) {
+		return nil
+	}
+	return &wire.OTAJob{Rollout: e.id, Attempt: d.attempts, Release: e.spec.Release, Deadline: d.deadline, HealthWindow: e.spec.HealthWindow}
+}
+
 // DeviceState returns the device's state in the rollout.
 func (e *Engine) DeviceState(deviceID string) string {
 	if d := e.devices[deviceID]; d != nil {
@@ -540,9 +553,7 @@ func (e *Engine) Tick() []Action {
 		budget--
 		acts = append(acts,
 			Action{Kind: ActAssign, Device: d.ID, Target: e.spec.Target, Release: e.spec.Release},
-			Action{Kind: ActPublishJob, Device: d.ID, Release: e.spec.Release, Job: &wire.OTAJob{
-				Rollout: e.id, Release: e.spec.Release, Deadline: d.deadline, HealthWindow: e.spec.HealthWindow,
-			}})
+			Action{Kind: ActPublishJob, Device: d.ID, Release: e.spec.Release, Job: e.PendingJob(d.ID)})
 	}
 	return acts
 }

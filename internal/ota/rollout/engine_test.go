@@ -291,13 +291,29 @@ abort:
 			r := newRun(t, baseSpec+"retries: 1\n", 20)
 			first := started(r.record(r.e.Tick(), nil))
 			d := first[0]
-			again := started(r.record(r.e.HandleStatus(d, wire.OTAStatus{Rollout: "ro-1", Release: "fw@1.1.0", Phase: wire.OTAPhaseFailed})))
-			if !slices.Equal(again, []string{d}) {
+			// A job sent again (ota/get) is the same attempt; a retry is
+			// the next one.
+			if j := r.e.PendingJob(d); j == nil || j.Attempt != 1 || j.Rollout != "ro-1" || j.Release != "fw@1.1.0" || j.Deadline.IsZero() {
+				t.Fatalf("pending job %+v", j)
+			}
+			acts := r.record(r.e.HandleStatus(d, wire.OTAStatus{Rollout: "ro-1", Release: "fw@1.1.0", Phase: wire.OTAPhaseFailed}))
+			if again := started(acts); !slices.Equal(again, []string{d}) {
 				t.Fatalf("retry started %v", again)
+			}
+			for _, a := range acts {
+				if a.Kind == ActPublishJob && a.Job.Attempt != 2 {
+					t.Fatalf("retry job %+v", a.Job)
+				}
 			}
 			r.record(r.e.HandleStatus(d, wire.OTAStatus{Rollout: "ro-1", Release: "fw@1.1.0", Phase: wire.OTAPhaseFailed}))
 			if s := r.e.DeviceState(d); s != DeviceFailed {
 				t.Fatalf("after retries: %s", s)
+			}
+			if j := r.e.PendingJob(d); j != nil {
+				t.Fatalf("a job for a device that failed: %+v", j)
+			}
+			if j := r.e.PendingJob("nobody"); j != nil {
+				t.Fatalf("a job for a device outside the rollout: %+v", j)
 			}
 		},
 		"timeout/device-rolled-back": func(t *testing.T) {
