@@ -41,6 +41,11 @@ const (
 	DeviceTokenOther          = "device_token.refused"
 	FloorWentDown             = "ota.floor_decreased"
 	ConnectionRefused         = "mqtt.connect_refused"
+	// RolloutPaused and RolloutAborted: a rollout stopped itself on its
+	// abort rules or success threshold (not an operator's command), so
+	// whoever watches the event stream learns of a failing release.
+	RolloutPaused  = "ota.rollout_paused"
+	RolloutAborted = "ota.rollout_aborted"
 )
 
 var severity = map[string]string{
@@ -61,6 +66,8 @@ var severity = map[string]string{
 	DeviceTokenOther:          "medium",
 	FloorWentDown:             "high",
 	ConnectionRefused:         "medium",
+	RolloutPaused:             "medium",
+	RolloutAborted:            "high",
 }
 
 // Severity returns the severity of an event type ("medium" if unknown).

@@ -373,6 +373,9 @@ func (s *Server) advance(ctx context.Context, l *liveRollout, acts []rollout.Act
 					return err
 				}
 				s.log.Info("rollout state changed", "tenant", l.tenant, "rollout", id, "change", a.Kind, "reason", a.Reason)
+				if ev := map[string]string{rollout.ActPause: monitor.RolloutPaused, rollout.ActAbort: monitor.RolloutAborted}[a.Kind]; ev != "" {
+					s.Monitor.Emit(monitor.Event{Type: ev, Tenant: l.tenant, Reason: a.Reason, Detail: "rollout " + id + " of " + l.spec.Release})
+				}
 			}
 		}
 		acts = more

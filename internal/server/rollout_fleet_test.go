@@ -266,6 +266,14 @@ healthWindow: 10m
 	if pauses != 1 {
 		t.Fatalf("%d pause entries in the audit log", pauses)
 	}
+	// ... and raised on the event stream (ward event list, webhooks).
+	if err := e.srv.Monitor.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	evs, err := e.srv.Store().ListEvents(ctx, store.EventFilter{Tenant: "acme", Type: "ota.rollout_paused", Limit: 10})
+	if err != nil || len(evs) != 1 || evs[0].Reason != reason || !strings.Contains(evs[0].Detail, id) || evs[0].Severity != "medium" {
+		t.Fatalf("rollout_paused events: %+v %v", evs, err)
+	}
 
 	// Paused: hours of ticks start nobody outside the canary.
 	for range 3 {
