@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sync"
 
+	"github.com/wardiot/ward/internal/atomicfile"
 	"github.com/wardiot/ward/wire"
 )
 
@@ -70,7 +71,7 @@ func (a *Agent) applyControl(c *wire.Control) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(a.cfg.StateDir, macFile), b, 0o600)
+	return atomicfile.Write(filepath.Join(a.cfg.StateDir, macFile), b, 0o600)
 }
 
 // SyncMAC follows the server's MAC secret and epoch announcements on the

@@ -15,6 +15,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/wardiot/ward/internal/atomicfile"
 	"github.com/wardiot/ward/wire"
 )
 
@@ -144,7 +145,7 @@ func (s *sequencer) take() (uint64, error) {
 	if s.next >= s.reserved {
 		var b [8]byte
 		binary.BigEndian.PutUint64(b[:], s.reserved+seqReserve)
-		if err := writeFileAtomic(s.path, b[:], 0o600); err != nil {
+		if err := atomicfile.Write(s.path, b[:], 0o600); err != nil {
 			return 0, err
 		}
 		s.reserved += seqReserve
@@ -181,36 +182,6 @@ func (c *Conn) PublishTelemetry(stream, schemaID string, schemaVersion uint32, p
 		return err
 	}
 	return c.Publish(wire.TopicTelemetry+"/"+stream, env, 1)
-}
-
-// writeFileAtomic writes a small file via temp + fsync + rename + dir fsync.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, ".tmp-"+filepath.Base(path)+"-*")
-	if err != nil {
-		return err
-	}
-	name := f.Name()
-	defer os.Remove(name)
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(name, path); err != nil {
-		return err
-	}
-	return syncDir(dir)
 }
 
 // Signer returns the device's current key, for protocols that authenticate

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/wardiot/ward/internal/atomicfile"
 	"github.com/wardiot/ward/wire"
 )
 
@@ -215,19 +216,10 @@ func writeState(dir string, s *state, hook func(string)) (committed bool, err er
 	ok = true
 	hook("state-renamed")
 	// The rename itself must be durable before the old key is destroyed.
-	if err := syncDir(dir); err != nil {
+	if err := atomicfile.SyncDir(dir); err != nil {
 		return ok, fmt.Errorf("writing state: %w", err)
 	}
 	return true, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // removeTempFiles deletes temporary state files left by a crash.

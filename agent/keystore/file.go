@@ -20,6 +20,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+
+	"github.com/wardiot/ward/internal/atomicfile"
 )
 
 // maxKeyFileSize bounds what Load reads from a key file: a P-384 PKCS#8 PEM
@@ -213,16 +215,7 @@ func writeNew(path string, data []byte) (err error) {
 			return err
 		}
 	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.SyncDir(dir)
 }
 
 func (s *fileStore) Load(ctx context.Context, name string) (Key, error) {
@@ -342,7 +335,7 @@ func (s *fileStore) Delete(ctx context.Context, name string) error {
 	if err := os.Remove(path); err != nil {
 		return fmt.Errorf("keystore: delete %q: %w", name, err)
 	}
-	return syncDir(s.dir)
+	return atomicfile.SyncDir(s.dir)
 }
 
 func overwrite(path string, size int64) error {

@@ -20,6 +20,7 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/wardiot/ward/agent/internal/tpmconn"
+	"github.com/wardiot/ward/internal/atomicfile"
 )
 
 // maxLoadedKeys bounds the keys this keystore keeps loaded in the TPM at
@@ -299,7 +300,7 @@ func (s *tpmStore) Delete(ctx context.Context, name string) error {
 		}
 		return fmt.Errorf("keystore: delete %q: %w", name, err)
 	}
-	return syncDir(s.dir)
+	return atomicfile.SyncDir(s.dir)
 }
 
 // checkTPMPublic accepts only the kind of key this keystore creates: an

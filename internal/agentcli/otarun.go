@@ -19,6 +19,7 @@ import (
 
 	"github.com/wardiot/ward/agent/keystore"
 	agentota "github.com/wardiot/ward/agent/ota"
+	"github.com/wardiot/ward/internal/atomicfile"
 	"github.com/wardiot/ward/wire"
 )
 
@@ -143,7 +144,7 @@ func floorKey(stateDir string) ([]byte, error) {
 	}
 	key := make([]byte, floorKeySize)
 	rand.Read(key)
-	if err := writeFileAtomic(path, key, 0o600); err != nil {
+	if err := atomicfile.Write(path, key, 0o600); err != nil {
 		return nil, fmt.Errorf("saving the floor key: %w", err)
 	}
 	return key, nil
@@ -194,10 +195,10 @@ func loadRoots(ctx context.Context, cfg *otaConfig, httpc *http.Client, server, 
 		return nil, nil, err
 	}
 	// The director root last: both present means both complete.
-	if err := writeFileAtomic(filepath.Join(pinned, imageRootFile), img, 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(pinned, imageRootFile), img, 0o600); err != nil {
 		return nil, nil, err
 	}
-	if err := writeFileAtomic(filepath.Join(pinned, directorRootFile), dir, 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(pinned, directorRootFile), dir, 0o600); err != nil {
 		return nil, nil, err
 	}
 	return img, dir, nil

@@ -10,9 +10,9 @@ import (
 	"log/slog"
 	"maps"
 	"os"
-	"path/filepath"
 	"sync"
 
+	"github.com/wardiot/ward/internal/atomicfile"
 	"github.com/wardiot/ward/wire"
 )
 
@@ -166,14 +166,14 @@ func (t *twinFile) apply(ctx context.Context, old, doc map[string]any) error {
 	if bytes.Equal(prev, next) && statErr == nil {
 		return nil // already in effect
 	}
-	if err := writeFileAtomic(t.path, append(next, '\n'), 0o600); err != nil {
+	if err := atomicfile.Write(t.path, append(next, '\n'), 0o600); err != nil {
 		return fmt.Errorf("writing the twin file: %w", err)
 	}
 	if t.hook == nil {
 		return nil
 	}
 	if err := t.hook(ctx, t.path); err != nil {
-		if rerr := writeFileAtomic(t.path, append(prev, '\n'), 0o600); rerr != nil {
+		if rerr := atomicfile.Write(t.path, append(prev, '\n'), 0o600); rerr != nil {
 			t.log.Error("could not restore the twin file after the hook failed", "err", rerr)
 		}
 		return fmt.Errorf("twin hook %w", err)
@@ -223,41 +223,4 @@ func mergePatch(target any, patch any) any {
 		t[k] = mergePatch(t[k], v)
 	}
 	return t
-}
-
-// writeFileAtomic replaces path with data: a temporary file in the same
-// directory, written, synced and renamed over path, then the directory
-// synced, so a power cut leaves the old or the new file, never a mix.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

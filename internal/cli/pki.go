@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/wardiot/ward/internal/api"
+	"github.com/wardiot/ward/internal/atomicfile"
 	"github.com/wardiot/ward/internal/client"
 )
 
@@ -29,24 +30,6 @@ func requireTenant(t string) error {
 		return usageError{withHint(errors.New("--tenant is required"), "name the tenant, e.g. --tenant acme")}
 	}
 	return nil
-}
-
-// writeSecretFile writes a secret (a private key) with mode 0600, refusing
-// to overwrite an existing file.
-func writeSecretFile(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 func (a *app) caCmd() *cobra.Command {
@@ -93,7 +76,7 @@ a new issuing CA later needs this key handed back (ward ca new-issuing).`,
 			if err := cl.Do(c.Context(), "POST", tenantPath(tenantID)+"/ca/root-offline", api.RootOfflineRequest{Confirm: true}, &res); err != nil {
 				return err
 			}
-			if err := writeSecretFile(out, []byte(res.RootKeyPEM)); err != nil {
+			if err := atomicfile.CreateNew(out, []byte(res.RootKeyPEM), 0o600); err != nil {
 				// The server already forgot the key: print it rather than lose it.
 				fmt.Fprint(a.stdout, res.RootKeyPEM)
 				return withHint(fmt.Errorf("the root key left the server but could not be written to %s: %w", out, err),

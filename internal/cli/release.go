@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/wardiot/ward/internal/api"
+	"github.com/wardiot/ward/internal/atomicfile"
 	"github.com/wardiot/ward/internal/client"
 )
 
@@ -96,7 +97,7 @@ func (a *app) releaseOTACmds() []*cobra.Command {
 				if pendingOut == "" {
 					return errors.New("the tenant's targets keys are offline: pass --out FILE to receive the unsigned targets metadata (or fetch it with ward release pending)")
 				}
-				if err := writeNewFile(pendingOut, rel.PendingTargets); err != nil {
+				if err := atomicfile.CreateNew(pendingOut, rel.PendingTargets, 0o644); err != nil {
 					return err
 				}
 			}

@@ -8,7 +8,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"os"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/wardiot/ward/agent/keystore"
 	"github.com/wardiot/ward/internal/api"
+	"github.com/wardiot/ward/internal/atomicfile"
 	"github.com/wardiot/ward/internal/ota"
 	"github.com/wardiot/ward/internal/ota/tufrepo"
 )
@@ -86,7 +86,7 @@ func (a *app) releaseOfflineCmds() []*cobra.Command {
 		if doc == nil || out == "" {
 			return nil
 		}
-		return writeNewFile(out, doc)
+		return atomicfile.CreateNew(out, doc, 0o644)
 	}
 	initOffline := &cobra.Command{
 		Use:   "init-offline",
@@ -200,7 +200,7 @@ init-offline, ward release renew-root) needs the offline root keys.`,
 			if err := cl.Do(c.Context(), "GET", tenantPath(tenantID)+path, nil, &b); err != nil {
 				return err
 			}
-			if err := writeNewFile(out, b); err != nil {
+			if err := atomicfile.CreateNew(out, b, 0o644); err != nil {
 				return err
 			}
 			fmt.Fprintf(a.stdout, "pending %s written to %s\n", what, out)
@@ -256,7 +256,7 @@ for ward release commit.`,
 			if err != nil {
 				return err
 			}
-			if err := writeNewFile(out, signed); err != nil {
+			if err := atomicfile.CreateNew(out, signed, 0o644); err != nil {
 				return err
 			}
 			if kind == metadata.ROOT {
@@ -323,7 +323,7 @@ leaves it. It never contacts a server.`,
 			if err != nil {
 				return err
 			}
-			if err := writeNewFile(out, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})); err != nil {
+			if err := atomicfile.CreateNew(out, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644); err != nil {
 				return err
 			}
 			res := struct {
@@ -501,22 +501,4 @@ func rootSummary(r *metadata.Metadata[metadata.RootType], keyID string) signedRo
 		}
 	}
 	return s
-}
-
-// writeNewFile writes data to a file that must not exist yet, so signed
-// or unsigned metadata is never silently replaced.
-func writeNewFile(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }

@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/wardiot/ward/internal/atomicfile"
 	"github.com/wardiot/ward/internal/tenant"
 )
 
@@ -58,42 +59,6 @@ func ReadState(dir string) (*State, error) {
 // CABundlePath and AdminTokenPath name files the CLI reads with --data.
 func CABundlePath(dir string) string   { return filepath.Join(dir, fileCABundle) }
 func AdminTokenPath(dir string) string { return filepath.Join(dir, fileAdminToken) }
-
-// writeFileAtomic writes data to path via a temp file, fsync and rename, so
-// a crash leaves either the old or the new content.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
 
 // platformCA is the installation's own CA: it signs the API and MQTT
 // server certificates. Tenant device CAs are separate (package pki).
@@ -159,14 +124,14 @@ func loadOrCreatePlatformCA(dir string, kek tenant.KEK) (*platformCA, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := writeFileAtomic(keyPath, sealed, 0o600); err != nil {
+	if err := atomicfile.Write(keyPath, sealed, 0o600); err != nil {
 		return nil, err
 	}
 	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	if err := writeFileAtomic(certPath, certPEM, 0o644); err != nil {
+	if err := atomicfile.Write(certPath, certPEM, 0o644); err != nil {
 		return nil, err
 	}
-	if err := writeFileAtomic(filepath.Join(dir, fileCABundle), certPEM, 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, fileCABundle), certPEM, 0o644); err != nil {
 		return nil, err
 	}
 	return &platformCA{cert: cert, key: key}, nil

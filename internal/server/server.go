@@ -18,6 +18,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/wardiot/ward/internal/api"
+	"github.com/wardiot/ward/internal/atomicfile"
 	"github.com/wardiot/ward/internal/audit"
 	"github.com/wardiot/ward/internal/broker"
 	"github.com/wardiot/ward/internal/config"
@@ -319,7 +320,7 @@ func (s *Server) firstStart(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("create initial admin token: %w", err)
 		}
-		if err := writeFileAtomic(path, []byte(secret+"\n"), 0o600); err != nil {
+		if err := atomicfile.Write(path, []byte(secret+"\n"), 0o600); err != nil {
 			return fmt.Errorf("write %s: %w", path, err)
 		}
 		s.log.Info("initialised data directory; the initial admin token is in a 0600 file", "dir", s.cfg.DataDir, "file", path)
@@ -333,7 +334,7 @@ func (s *Server) writeState(st *State) error {
 	}
 	b := fmt.Appendf(nil, "{\n  \"initialized\": %q,\n  \"api_addr\": %q,\n  \"mqtt_addr\": %q,\n  \"http_addr\": %q\n}\n",
 		st.Initialized.Format(time.RFC3339Nano), st.APIAddr, st.MQTTAddr, st.HTTPAddr)
-	return writeFileAtomic(filepath.Join(s.cfg.DataDir, fileState), b, 0o644)
+	return atomicfile.Write(filepath.Join(s.cfg.DataDir, fileState), b, 0o644)
 }
 
 // TLSConfig returns the settings every Ward TLS listener shares: TLS 1.2+

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/wardiot/ward/internal/atomicfile"
 )
 
 // KEK wraps and unwraps tenant data keys. The file implementation keeps a
@@ -82,7 +84,7 @@ func LoadOrCreateFileKEK(path string) (*FileKEK, error) {
 		if _, err := rand.Read(key); err != nil {
 			return nil, err
 		}
-		if err := writeExclusive(path, key); err != nil {
+		if err := atomicfile.CreateNew(path, key, 0o600); err != nil {
 			return nil, fmt.Errorf("create key-encryption key: %w", err)
 		}
 	} else if err != nil {
@@ -101,22 +103,6 @@ func LoadOrCreateFileKEK(path string) (*FileKEK, error) {
 		return nil, fmt.Errorf("key-encryption key %s: %w", path, err)
 	}
 	return &FileKEK{a: a}, nil
-}
-
-func writeExclusive(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 // Wrap implements KEK.

@@ -16,6 +16,8 @@ import (
 
 	"github.com/sigstore/sigstore/pkg/signature"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/wardiot/ward/internal/atomicfile"
 )
 
 // Signer signs TUF metadata. It is go-tuf's signer interface; [NewSigner]
@@ -95,19 +97,7 @@ func WriteKeyFile(path string, key crypto.Signer) error {
 	if err != nil {
 		return fmt.Errorf("tufrepo: marshal key: %w", err)
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	if err := pem.Encode(f, &pem.Block{Type: "PRIVATE KEY", Bytes: der}); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return atomicfile.CreateNew(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
 }
 
 // LoadKeyFile reads a PKCS#8 PEM private key written by [WriteKeyFile] (or
