@@ -144,23 +144,13 @@ func (a *API) renewImageRoot(w http.ResponseWriter, r *http.Request, p *tenant.P
 }
 
 func (a *API) pendingRoot(w http.ResponseWriter, r *http.Request, p *tenant.Principal) error {
-	b, err := a.d.OTA.PendingRoot(r.Context(), r.PathValue("tenant"))
-	if err != nil {
-		return err
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusOK)
-	_, err = w.Write(b)
-	return err
+	return writeMetadata(w)(a.d.OTA.PendingRoot(r.Context(), r.PathValue("tenant")))
 }
 
 func (a *API) commitRoot(w http.ResponseWriter, r *http.Request, p *tenant.Principal) error {
-	b, err := readBody(r, MaxTargetsMetadata)
+	b, err := readSignedMetadata(r, "root")
 	if err != nil {
 		return err
-	}
-	if len(b) == 0 {
-		return Invalid(errors.New("the body must be the signed root metadata (ward release sign --out)"))
 	}
 	out, err := a.d.OTA.CommitRoot(r.Context(), p.Actor(), r.PathValue("tenant"), b)
 	if err != nil {
@@ -171,23 +161,13 @@ func (a *API) commitRoot(w http.ResponseWriter, r *http.Request, p *tenant.Princ
 }
 
 func (a *API) pendingTargets(w http.ResponseWriter, r *http.Request, p *tenant.Principal) error {
-	b, err := a.d.OTA.PendingTargets(r.Context(), r.PathValue("tenant"))
-	if err != nil {
-		return err
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusOK)
-	_, err = w.Write(b)
-	return err
+	return writeMetadata(w)(a.d.OTA.PendingTargets(r.Context(), r.PathValue("tenant")))
 }
 
 func (a *API) commitTargets(w http.ResponseWriter, r *http.Request, p *tenant.Principal) error {
-	b, err := readBody(r, MaxTargetsMetadata)
+	b, err := readSignedMetadata(r, "targets")
 	if err != nil {
 		return err
-	}
-	if len(b) == 0 {
-		return Invalid(errors.New("the body must be the signed targets metadata (ward release sign --out)"))
 	}
 	out, err := a.d.OTA.CommitTargets(r.Context(), p.Actor(), r.PathValue("tenant"), b)
 	if err != nil {
@@ -195,4 +175,31 @@ func (a *API) commitTargets(w http.ResponseWriter, r *http.Request, p *tenant.Pr
 	}
 	WriteJSON(w, http.StatusOK, out)
 	return nil
+}
+
+// writeMetadata answers with TUF metadata's exact bytes (they are what
+// the officers sign), or the error.
+func writeMetadata(w http.ResponseWriter) func([]byte, error) error {
+	return func(b []byte, err error) error {
+		if err != nil {
+			return err
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		_, err = w.Write(b)
+		return err
+	}
+}
+
+// readSignedMetadata reads the body of a commit: signed TUF metadata of
+// the kind named, at most MaxTargetsMetadata bytes.
+func readSignedMetadata(r *http.Request, kind string) ([]byte, error) {
+	b, err := readBody(r, MaxTargetsMetadata)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) == 0 {
+		return nil, Invalid(fmt.Errorf("the body must be the signed %s metadata (ward release sign --out)", kind))
+	}
+	return b, nil
 }
