@@ -740,6 +740,23 @@ type otaStatusRecord struct {
 
 func otaStatusName(device string) string { return "status/" + device + ".json" }
 
+// lastOTAStatus reads the device's last status record: nil if it never
+// reported (or the record is unreadable, which a new report replaces).
+func lastOTAStatus(ctx context.Context, meta *otasql.Metadata, device string) (*otaStatusRecord, error) {
+	b, err := meta.Get(ctx, otaStatusName(device))
+	if errors.Is(err, tufrepo.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var rec otaStatusRecord
+	if json.Unmarshal(b, &rec) != nil {
+		return nil, nil
+	}
+	return &rec, nil
+}
+
 var otaPhases = map[string]bool{
 	"": true, wire.OTAPhaseDownloading: true, wire.OTAPhaseInstalling: true, wire.OTAPhaseRebooting: true,
 	wire.OTAPhaseTrial: true, wire.OTAPhaseCommitted: true, wire.OTAPhaseRolledBack: true, wire.OTAPhaseFailed: true,
@@ -776,11 +793,8 @@ func (s *Server) ingestOTAStatus(ctx context.Context, id broker.Identity, rest s
 	if err != nil {
 		return err
 	}
-	var prev otaStatusRecord
-	hadPrev := false
-	if b, err := t.meta.Get(ctx, otaStatusName(id.Device)); err == nil {
-		hadPrev = json.Unmarshal(b, &prev) == nil
-	} else if !errors.Is(err, tufrepo.ErrNotFound) {
+	prev, err := lastOTAStatus(ctx, t.meta, id.Device)
+	if err != nil {
 		return err
 	}
 	b, err := json.Marshal(otaStatusRecord{Status: *st, Received: s.now().UTC()})
@@ -796,8 +810,8 @@ func (s *Server) ingestOTAStatus(ctx context.Context, id broker.Identity, rest s
 	s.rolloutStatus(ctx, id.Tenant, id.Device, *st) // rollout.go
 	// Audit what changed, not every repetition: a device reporting the
 	// same state again must not fill the audit log.
-	p := prev.Status
-	if hadPrev && p.Phase == st.Phase && p.Release == st.Release && p.Floor == st.Floor && p.Rollout == st.Rollout {
+	if p := prev; p != nil && p.Status.Phase == st.Phase && p.Status.Release == st.Release &&
+		p.Status.Floor == st.Floor && p.Status.Rollout == st.Rollout {
 		return nil
 	}
 	result := audit.ResultOK
@@ -818,13 +832,10 @@ func (s *Server) OTAState(ctx context.Context, tid, device string) (*api.OTAStat
 	meta := s.otaMeta(tid)
 	out := &api.OTAState{}
 	found := false
-	if b, err := meta.Get(ctx, otaStatusName(device)); err == nil {
-		var rec otaStatusRecord
-		if err := json.Unmarshal(b, &rec); err == nil {
-			out.Last, out.Received, found = &rec.Status, rec.Received, true
-		}
-	} else if !errors.Is(err, tufrepo.ErrNotFound) {
+	if rec, err := lastOTAStatus(ctx, meta, device); err != nil {
 		return nil, err
+	} else if rec != nil {
+		out.Last, out.Received, found = &rec.Status, rec.Received, true
 	}
 	if f, ok, err := s.otaFloors(tid).LastFloor(ctx, device); err != nil {
 		return nil, err

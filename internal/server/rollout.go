@@ -266,11 +266,8 @@ func (s *Server) rolloutFleet(ctx context.Context, tid string, hws []string) ([]
 // committed OTA status, else firmware.release in its twin, else its
 // release tag.
 func (s *Server) currentRelease(ctx context.Context, tid string, d *store.Device) string {
-	if b, err := s.otaMeta(tid).Get(ctx, otaStatusName(d.ID)); err == nil {
-		var rec otaStatusRecord
-		if json.Unmarshal(b, &rec) == nil && rec.Status.Phase == wire.OTAPhaseCommitted && rec.Status.Release != "" {
-			return rec.Status.Release
-		}
+	if rec, _ := lastOTAStatus(ctx, s.otaMeta(tid), d.ID); rec != nil && rec.Status.Phase == wire.OTAPhaseCommitted && rec.Status.Release != "" {
+		return rec.Status.Release
 	}
 	if tw, err := s.Twins.Get(ctx, tid, d.ID, wire.DefaultTwinName); err == nil && len(tw.Reported.Doc) > 0 {
 		var rep struct {
@@ -801,11 +798,11 @@ func (s *Server) ingestOTAGet(ctx context.Context, id broker.Identity, _ string,
 		if err != nil || rel == "" {
 			return err
 		}
-		st, err := s.OTAState(ctx, id.Tenant, id.Device)
+		last, err := lastOTAStatus(ctx, s.otaMeta(id.Tenant), id.Device)
 		if err != nil {
 			return err
 		}
-		if st != nil && st.Last != nil && st.Last.Release == rel && finalOTAPhase(st.Last.Phase) {
+		if last != nil && last.Status.Release == rel && finalOTAPhase(last.Status.Phase) {
 			return nil
 		}
 		job = &wire.OTAJob{Release: rel}
